@@ -1,0 +1,85 @@
+# cython: language_level=3
+"""Per-token symmetric INT8 quantization of a float32 activation matrix.
+
+For each row (token) i of x [n, k]:  scale_i = max_j |x_ij| / 127,
+q_ij = round_half_even(x_ij * (127 / max_j |x_ij|)),  so x_ij ≈ q_ij * scale_i.
+This is the dynamic activation quantizer of LLM.int8()/SmoothQuant-style W8A8 (per-token
+granularity). All arithmetic is float32, matching workbench.kernels.quantize_per_token_ref
+bit for bit. A row of zeros gets scale 0 and q = 0.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport fabsf, nearbyintf
+from libc.string cimport memset
+
+cdef extern from "wb_common.h" nogil:
+    int wb_openmp_enabled()
+    int wb_omp_max_threads()
+
+
+def openmp_enabled():
+    """True if this extension was compiled with OpenMP."""
+    return bool(wb_openmp_enabled())
+
+
+def omp_max_threads():
+    return wb_omp_max_threads()
+
+
+cdef inline int _quantize_row(const float* x,        # IN  [k]
+                              signed char* q,        # OUT [k]
+                              float* scale,          # OUT [1]
+                              Py_ssize_t k) noexcept nogil:
+    """Quantize one row; returns 1 if it holds NaN or Inf (outputs then undefined)."""
+    cdef Py_ssize_t j
+    cdef float amax = 0.0
+    cdef float v, t, inv
+    cdef float poison = 0.0          # stays 0 unless some x is NaN or Inf (x*0 is NaN then)
+    cdef float c127 = 127.0
+    for j in range(k):
+        v = fabsf(x[j])
+        poison = poison + x[j] * <float>0.0
+        if v > amax:
+            amax = v
+    if poison != poison:
+        return 1
+    scale[0] = amax / c127
+    if amax == 0.0:
+        memset(q, 0, k)
+        return 0
+    inv = c127 / amax
+    for j in range(k):
+        t = nearbyintf(x[j] * inv)   # float32 product, round half to even
+        if t > c127:
+            t = c127
+        elif t < -c127:
+            t = -c127
+        q[j] = <signed char>t
+    return 0
+
+
+def quantize_per_token(const float[:, ::1] x,      # IN  [n, k]
+                       signed char[:, ::1] q,      # OUT [n, k]
+                       float[::1] scales,          # OUT [n]
+                       int n_threads):
+    """Fill q and scales from x; returns the number of rows holding NaN/Inf.
+
+    Shapes are checked by the Python layer (workbench.kernels); the loop over rows runs
+    without the GIL, split over n_threads OpenMP threads.
+    """
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t k = x.shape[1]
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    if q.shape[0] != n or q.shape[1] != k or scales.shape[0] != n:
+        raise ValueError("quantize_per_token: output buffers do not match x's shape")
+    if n == 0:
+        return 0
+    if k == 0:
+        for i in range(n):
+            scales[i] = 0.0
+        return 0
+    with nogil:
+        for i in prange(n, num_threads=n_threads, schedule="static"):
+            bad += _quantize_row(&x[i, 0], &q[i, 0], &scales[i], k)
+    return bad

@@ -1,0 +1,35 @@
+"""Sparse + INT8 LLM inference workbench: every step is a function a notebook can call.
+
+    import workbench
+    model, tokenizer = workbench.load_model()            # embedded SmolLM2-135M, offline
+    from workbench import data, evaluate
+    ppl = evaluate.perplexity(model, tokenizer, data.perplexity_corpus("pydoc", "eval"))
+"""
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("workbench")
+except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+    __version__ = "0+unknown"
+
+# Public entry points, imported on first use so `import workbench` stays cheap.
+_LAZY = {
+    "load_model": "workbench.models",
+    "tiny_llama": "workbench.models",
+}
+
+
+_SUBMODULES = {"arch", "cache", "cli", "data", "evaluate", "harness", "hub", "kernels", "models"}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return import_module(f"workbench.{name}")
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

@@ -1,0 +1,99 @@
+"""Per-architecture tables: where the decoder layers are, which Linear layers they hold, and
+which norm feeds which linears (the smoothing maps of SmoothQuant / LAE).
+
+Architecture differences live here as data, so every step walks any supported model with
+the same code. Add a family by adding one ArchSpec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's architecture has no entry in ARCHITECTURES."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str
+    layers: str                       # dotted path from the CausalLM to the decoder layer list
+    linears: tuple[str, ...]          # Linear layers inside one decoder layer, in forward order
+    # norm inside a decoder layer -> the linears it feeds (scales folded norm -> linears)
+    smooth_maps: tuple[tuple[str, tuple[str, ...]], ...]
+    embed: str                        # token embedding
+    final_norm: str
+    lm_head: str = "lm_head"
+
+
+_LLAMA = ArchSpec(
+    family="llama",
+    layers="model.layers",
+    linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    smooth_maps=(
+        ("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+        ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ),
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+)
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "opt": ArchSpec(
+        family="opt",
+        layers="model.decoder.layers",
+        linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                 "self_attn.out_proj", "fc1", "fc2"),
+        smooth_maps=(
+            ("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+            ("final_layer_norm", ("fc1",)),
+        ),
+        embed="model.decoder.embed_tokens",
+        final_norm="model.decoder.final_layer_norm",
+    ),
+    "mpt": ArchSpec(
+        family="mpt",
+        layers="transformer.blocks",
+        linears=("attn.Wqkv", "attn.out_proj", "ffn.up_proj", "ffn.down_proj"),
+        smooth_maps=(("norm_1", ("attn.Wqkv",)), ("norm_2", ("ffn.up_proj",))),
+        embed="transformer.wte",
+        final_norm="transformer.norm_f",
+    ),
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def get_arch(model_or_config) -> ArchSpec:
+    """The ArchSpec for a model or its config; raises UnsupportedArchitectureError otherwise."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"architecture {model_type!r} is not supported; supported: "
+            + ", ".join(supported_architectures())
+        )
+    return ARCHITECTURES[model_type]
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a supported CausalLM."""
+    return model.get_submodule(get_arch(model).layers)
+
+
+def layer_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every decoder Linear by its full module name, in layer then forward order."""
+    spec = get_arch(model)
+    out: dict[str, nn.Linear] = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        for name in spec.linears:
+            out[f"{spec.layers}.{i}.{name}"] = layer.get_submodule(name)
+    return out
