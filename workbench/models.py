@@ -9,6 +9,7 @@ later loads take seconds. Its "dense FP32" weights therefore carry 4-bit quantiz
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -85,17 +86,30 @@ def _check_config(source: str, **kwargs) -> None:
     get_arch(AutoConfig.from_pretrained(source, **kwargs))
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cached_copy_is_intact(target: Path, source_info: dict) -> bool:
+    """The marker names the same GGUF and the weights file still hashes as when written."""
+    try:
+        marker = json.loads((target / _MARKER).read_text())
+        return (marker.get("source") == source_info
+                and marker.get("weights_sha256") == _file_sha256(target / "model.safetensors"))
+    except (OSError, ValueError):
+        return False
+
+
 def _load_embedded(name: str, use_cache: bool):
     gguf = embedded_gguf_path(name)
     target = cache_root() / "models" / f"{name}-fp32"
     source_info = {"gguf": gguf.name, "size": gguf.stat().st_size}
-    marker = target / _MARKER
-    if use_cache and marker.is_file():
-        try:
-            if json.loads(marker.read_text()) == source_info:
-                return _load_pretrained(str(target), local_files_only=True)
-        except Exception:  # a damaged cache is rebuilt below, never trusted
-            pass
+    if use_cache and _cached_copy_is_intact(target, source_info):
+        return _load_pretrained(str(target), local_files_only=True)
     model, tokenizer = _load_pretrained(str(gguf.parent), gguf_file=gguf.name)
     _forget_gguf_origin(model)
     model.config.name_or_path = name
@@ -119,7 +133,8 @@ def _save_atomically(model, tokenizer, target: Path, source_info: dict) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / _MARKER).write_text(json.dumps(source_info))
+        marker = {"source": source_info, "weights_sha256": _file_sha256(tmp / "model.safetensors")}
+        (tmp / _MARKER).write_text(json.dumps(marker))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -1,0 +1,485 @@
+"""Offline data, deterministic by seed: perplexity corpora, calibration windows, word-problem tasks.
+
+Corpora (`perplexity_corpus`), each cut into a "calib" head and an "eval" tail that share nothing:
+  pydoc         Python's reference topics, shipped with CPython (`pydoc_data.topics`): always there.
+  pydocs-prose  reST sources of Debian's python3.11-doc (tutorial, howto, faq, whatsnew).
+  wikitext2, c4 through `datasets` from the hub, or from local files with `data_files=`; joined
+                as SparseGPT's datautils.py does (github.com/IST-DASLab/sparsegpt).
+Calibration windows (`calibration_set`) are SparseGPT's random fixed-length token windows, made
+non-overlapping so no token is seen twice.
+Tasks: GSM8K (Cobbe et al. 2021, arXiv 2110.14168) and a generated GSM8K-style arithmetic task
+whose train and test splits share no arithmetic problem. Both are scored by exact match of the
+number after "The answer is", the few-shot chain-of-thought format of Wei et al. 2022
+(arXiv 2201.11903).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import operator
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from functools import cache, cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.hub import hub_reachable, require_hub
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GSM8K_DIR = REPO_ROOT.parent / "shared" / "data" / "gsm8k"    # read in place, never copied
+PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+FEWSHOT = 8                 # worked examples in every task's few-shot pool
+_CALIB_SHARE = Fraction(3, 5)   # least share of characters in a local corpus's calib head
+_JOIN = "\n\n"
+
+
+# ---------------------------------------------------------------- corpora
+
+@dataclass(frozen=True)
+class Corpus:
+    """A text for perplexity or calibration; `fingerprint` goes into every record that used it."""
+    name: str
+    split: str
+    text: str = field(repr=False)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"{self.name}|{self.split}|{self.text}".encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+
+@dataclass(frozen=True)
+class HubCorpus:
+    """Where a hub corpus lives and how its rows become one text."""
+    path: str
+    config: str | None
+    splits: dict[str, str]                          # our split name or alias -> dataset split
+    column: str = "text"
+    joiner: str = _JOIN
+    data_files: dict[str, str] | None = None        # hub files per dataset split
+    max_rows: dict[str, int] = field(default_factory=dict)   # head of a split, per dataset split
+
+
+HUB_CORPORA: dict[str, HubCorpus] = {
+    # The legacy alias "wikitext" may not resolve with recent huggingface_hub; the datasets
+    # maintainers point to Salesforce/wikitext (github.com/lance-format/lance/pull/5827).
+    "wikitext2": HubCorpus(
+        "Salesforce/wikitext", "wikitext-2-raw-v1",
+        {"train": "train", "validation": "validation", "test": "test",
+         "calib": "train", "eval": "test"},
+    ),
+    # SparseGPT reads the first train and validation shards, and evaluates on the first 1100
+    # validation documents joined by " ". A whole train shard (~356k documents) is more text
+    # than any calibration set needs, so only its head is read.
+    "c4": HubCorpus(
+        "allenai/c4", None,
+        {"train": "train", "validation": "validation", "calib": "train", "eval": "validation"},
+        joiner=" ",
+        data_files={"train": "en/c4-train.00000-of-01024.json.gz",
+                    "validation": "en/c4-validation.00000-of-00008.json.gz"},
+        max_rows={"train": 5000, "validation": 1100},
+    ),
+}
+CORPORA = ("pydoc", "pydocs-prose", *HUB_CORPORA)
+_LOCAL_SPLITS = {"calib": "calib", "train": "calib", "eval": "eval", "test": "eval"}
+_BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".parquet": "parquet"}
+
+
+def _head_or_tail(parts: list[str], split: str) -> str:
+    """Cut between whole documents after the shortest head holding at least 60% of the
+    characters, so calib and eval never share a document and calib never falls below 60%
+    (pydoc's closest cut, 57.6%, leaves SmolLM2 127 windows of 512 tokens, one short of 128)."""
+    if len(parts) < 2:
+        raise ValueError(f"need at least two documents to split a corpus, got {len(parts)}")
+    ends = list(itertools.accumulate(len(p) for p in parts))
+    cut = next(k for k, end in enumerate(ends, 1) if end >= _CALIB_SHARE * ends[-1])
+    cut = min(cut, len(parts) - 1)              # eval keeps at least one document
+    return _JOIN.join(parts[:cut] if split == "calib" else parts[cut:])
+
+
+def _pydoc_topics() -> list[str]:
+    from pydoc_data.topics import topics  # dict topic -> text, generated at CPython's build
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def _pydocs_prose() -> list[str]:
+    root = Path(os.environ.get("WORKBENCH_PYDOCS_DIR") or PYDOCS_DIR)
+    sections = ("tutorial", "howto", "faq", "whatsnew")
+    files = sorted(p for s in sections if (root / s).is_dir() for p in (root / s).rglob("*.rst.txt"))
+    if not files:
+        raise FileNotFoundError(
+            f"no *.rst.txt under {root}/{{{','.join(sections)}}}: the corpus 'pydocs-prose' needs "
+            "Debian's Python docs (`apt-get install python3.11-doc`), or WORKBENCH_PYDOCS_DIR "
+            "pointing at a copy of html/_sources"
+        )
+    return [p.read_text(encoding="utf-8") for p in files]
+
+
+def _builder(path: str) -> str:
+    name = path.lower().removesuffix(".gz")
+    for ext, builder in _BUILDERS.items():
+        if name.endswith(ext):
+            return builder
+    raise ValueError(f"cannot tell the format of {path!r}: use one of {', '.join(_BUILDERS)}")
+
+
+def _local_files(data_files, split: str, hf_split: str) -> dict[str, str]:
+    """data_files as {dataset split: path}: one path serves the asked split; a dict may be keyed
+    by the asked split or the dataset split it maps to."""
+    if isinstance(data_files, (str, os.PathLike)):
+        return {hf_split: os.fspath(data_files)}
+    if isinstance(data_files, dict):
+        for key in (split, hf_split):
+            if key in data_files:
+                return {hf_split: os.fspath(data_files[key])}
+        raise ValueError(f"data_files has no entry for split {split!r}: keys {sorted(data_files)}")
+    raise TypeError(f"data_files must be a path or a dict split -> path, got {type(data_files).__name__}")
+
+
+def _hub_corpus(name: str, split: str, data_files) -> Corpus:
+    entry = HUB_CORPORA[name]
+    if split not in entry.splits:
+        raise ValueError(f"corpus {name!r} has splits {sorted(entry.splits)}, not {split!r}")
+    hf_split = entry.splits[split]
+    if data_files is None:
+        require_hub(f"corpus {name!r}", hint="pass data_files=<local .jsonl/.json/.txt/.parquet "
+                    "file> to read a local copy, or use the offline corpus 'pydoc'.")
+        path, config = entry.path, entry.config
+        files = {hf_split: entry.data_files[hf_split]} if entry.data_files else None
+    else:
+        files = _local_files(data_files, split, hf_split)
+        path, config = _builder(files[hf_split]), None
+    import datasets
+
+    rows = entry.max_rows.get(hf_split)
+    ds = datasets.load_dataset(path, config, data_files=files,
+                               split=f"{hf_split}[:{rows}]" if rows else hf_split)
+    return Corpus(name, hf_split, entry.joiner.join(ds[entry.column]))
+
+
+def perplexity_corpus(name: str, split: str = "eval", *, data_files=None) -> Corpus:
+    """The text of a corpus split. Local corpora ("pydoc", "pydocs-prose") have splits "calib"
+    (alias "train") and "eval" (alias "test"); hub corpora read `data_files` when given."""
+    if name in HUB_CORPORA:
+        return _hub_corpus(name, split, data_files)
+    if name not in ("pydoc", "pydocs-prose"):
+        raise ValueError(f"unknown corpus {name!r}: valid names are {', '.join(CORPORA)}")
+    if data_files is not None:
+        raise ValueError(f"data_files applies to {', '.join(HUB_CORPORA)}, not to {name!r}")
+    if split not in _LOCAL_SPLITS:
+        raise ValueError(f"corpus {name!r} has splits {', '.join(_LOCAL_SPLITS)}, not {split!r}")
+    split = _LOCAL_SPLITS[split]
+    parts = _pydoc_topics() if name == "pydoc" else _pydocs_prose()
+    return Corpus(name, split, _head_or_tail(parts, split))
+
+
+# ---------------------------------------------------------------- calibration windows
+
+@dataclass(frozen=True)
+class _TokenizeJob:
+    """Hashable on (tokenizer, text fingerprint) only; carries the objects it needs."""
+    tokenizer_id: str
+    fingerprint: str
+    tokenizer: Any = field(compare=False, repr=False)
+    text: str = field(compare=False, repr=False)
+
+
+@lru_cache(maxsize=8)
+def _token_stream(job: _TokenizeJob) -> torch.Tensor:
+    # verbose=False: a whole corpus is longer than model_max_length, which is fine here.
+    ids = job.tokenizer(job.text, add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)  # [ntokens]; shared by the cache, never mutated
+
+
+def _as_corpus(source: str | Corpus) -> Corpus:
+    if isinstance(source, Corpus):
+        return source
+    if isinstance(source, str):
+        return perplexity_corpus(source, "calib") if source in CORPORA else Corpus("text", "raw", source)
+    raise TypeError(f"source must be a corpus name, a Corpus or a str, got {type(source).__name__}")
+
+
+def calibration_set(tokenizer, source: str | Corpus = "pydoc", nsamples: int = 128,
+                    seqlen: int = 512, seed: int = 0) -> torch.Tensor:
+    """`nsamples` non-overlapping windows of `seqlen` tokens at random places in the source,
+    in random order: LongTensor [nsamples, seqlen]. source: a corpus name (its "calib" split),
+    a Corpus, or raw text."""
+    if nsamples < 1 or seqlen < 2:
+        raise ValueError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} and {seqlen}")
+    corpus = _as_corpus(source)
+    tokenizer_id = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
+    stream = _token_stream(_TokenizeJob(tokenizer_id, corpus.fingerprint, tokenizer, corpus.text))
+    ntokens = stream.numel()
+    if nsamples * seqlen > ntokens:
+        raise ValueError(
+            f"{corpus.name!r} ({corpus.split}) holds {ntokens} tokens: at most "
+            f"{ntokens // seqlen} samples of {seqlen} tokens, not {nsamples}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    # A random shift of the slot grid lets any token start a window across seeds; it is capped
+    # so that the shifted grid still holds nsamples slots.
+    slack = min(seqlen - 1, ntokens - nsamples * seqlen)
+    offset = int(torch.randint(slack + 1, (1,), generator=gen))
+    slots = torch.randperm((ntokens - offset) // seqlen, generator=gen)[:nsamples]
+    starts = offset + slots * seqlen                              # [nsamples]
+    return stream[starts[:, None] + torch.arange(seqlen)]         # [nsamples, seqlen]
+
+
+# ---------------------------------------------------------------- task format
+
+_ANSWER = re.compile(r"answer is\W{0,8}?(-?)\$?(-?)(\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+
+
+def _to_number(text: str) -> int | float:
+    text = text.replace(",", "").replace("$", "").strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def format_number(x: int | float) -> str:
+    """24 -> "24", 24.0 -> "24", 0.5 -> "0.5": how answers are written in solutions."""
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def answer_from_text(text: str) -> int | float | None:
+    """The number after the last "answer is" that has one ("The answer is $1,200." -> 1200,
+    "the answer is **-3**" -> -3), or None."""
+    matches = list(_ANSWER.finditer(text))
+    if not matches:
+        return None
+    sign_a, sign_b, digits = matches[-1].groups()
+    value = _to_number(digits)
+    return -value if (sign_a or sign_b) else value
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    question: str
+    answer: int | float
+    solution: str       # worked reasoning ending with "The answer is N."
+    kind: str           # "add", "subtract", "multiply", "divide", "two_step" or "gsm8k"
+
+
+@dataclass(frozen=True)
+class Task(Sequence):
+    """Items to score plus a few-shot pool of worked examples, always from the train split."""
+    name: str
+    items: tuple[TaskItem, ...]
+    fewshot: tuple[TaskItem, ...]
+    system_prompt: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[TaskItem]:
+        return iter(self.items)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        content = [self.name, [asdict(i) for i in self.items], [asdict(i) for i in self.fewshot]]
+        if self.system_prompt is not None:  # a prompt changes scores, so it changes the identity
+            content.append(self.system_prompt)
+        return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+    def to_records(self) -> list[dict]:
+        return [{"task": self.name, "index": i, **asdict(item)} for i, item in enumerate(self.items)]
+
+
+def _check_split_n(split: str, n: int | None) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+
+
+# ---------------------------------------------------------------- GSM8K
+
+def _gsm8k_rows(split: str) -> list[dict]:
+    """Rows from $WORKBENCH_GSM8K_DIR when set, else the hub when reachable, else the shared copy."""
+    override = os.environ.get("WORKBENCH_GSM8K_DIR")
+    if not override and hub_reachable():
+        import datasets
+
+        ds = datasets.load_dataset("openai/gsm8k", "main", split=split)
+        return [{"question": q, "answer": a} for q, a in zip(ds["question"], ds["answer"], strict=True)]
+    path = Path(override or GSM8K_DIR) / f"{split}.jsonl"
+    if not path.is_file():
+        reason = "WORKBENCH_GSM8K_DIR is set" if override else "the hub is not reachable"
+        raise FileNotFoundError(
+            f"GSM8K {split!r}: {path} does not exist, and openai/gsm8k was not read from the hub "
+            f"({reason}); point WORKBENCH_GSM8K_DIR at a folder holding train.jsonl and test.jsonl"
+        )
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _gsm8k_item(row: dict) -> TaskItem:
+    reasoning, _, final = row["answer"].rpartition("####")
+    answer = _to_number(final)
+    steps = re.sub(r"<<[^>]*>>", "", reasoning).strip()  # calculator annotations: not prose
+    return TaskItem(row["question"], answer, f"{steps}\nThe answer is {format_number(answer)}.",
+                    "gsm8k")
+
+
+def gsm8k(split: str = "test", n: int | None = None, seed: int = 0) -> Task:
+    """GSM8K from $WORKBENCH_GSM8K_DIR if set, else the hub if reachable, else ../shared/data/gsm8k.
+    n: the first n items after a shuffle by seed (None: all, in file order). The few-shot pool is
+    the first 8 train items; split="train" leaves them out of the items."""
+    _check_split_n(split, n)
+    train = [_gsm8k_item(row) for row in _gsm8k_rows("train")]
+    pool = train[FEWSHOT:] if split == "train" else [_gsm8k_item(r) for r in _gsm8k_rows("test")]
+    if n is not None:
+        if n > len(pool):
+            raise ValueError(f"GSM8K {split!r} holds {len(pool)} items, not {n}")
+        order = list(range(len(pool)))
+        random.Random(seed).shuffle(order)
+        pool = [pool[i] for i in order[:n]]
+    return Task(f"gsm8k-{split}", tuple(pool), tuple(train[:FEWSHOT]))
+
+
+# ---------------------------------------------------------------- generated arithmetic
+
+NAMES = ("Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gus", "Hana", "Ivan", "Jade", "Kofi",
+         "Lena", "Mateo", "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara", "Umar", "Vera",
+         "Wes", "Yuki")
+OBJECTS = ("apples", "marbles", "stickers", "pencils", "books", "cookies", "stamps", "shells",
+           "cards", "coins", "balloons", "crayons", "buttons", "beads", "oranges", "eggs",
+           "flowers", "rocks", "feathers", "blocks", "muffins", "toy cars")
+CONTAINERS = (("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", "jars"),
+              ("crate", "crates"), ("pack", "packs"), ("tray", "trays"), ("bin", "bins"),
+              ("carton", "cartons"))
+_APPLY = {"+": operator.add, "-": operator.sub, "x": operator.mul, "/": operator.floordiv}
+_R, _S, _D = range(2, 21), range(2, 13), range(2, 11)   # operands, factors in chains, divisors
+
+
+@dataclass(frozen=True)
+class _Op:
+    """An operation chain: symbols applied left to right, e.g. ("x", "-") is (a x b) - c."""
+    symbols: tuple[str, ...]
+    operands: Callable[[], Iterable[tuple[int, ...]]]    # candidate problems, filtered by _chain
+    templates: tuple[str, ...]
+
+
+_OPS: dict[str, _Op] = {
+    "add": _Op(("+",), lambda: itertools.product(_R, _R), (
+        "{name} has {a} {obj}. {name} buys {b} more. How many {obj} does {name} have now?",
+        "{name} had {a} {obj} and found {b} more. How many {obj} does {name} have in total?",
+        "There are {a} {obj} in a {cont}. {name} puts {b} more {obj} in it. How many {obj} are in the {cont} now?")),
+    "subtract": _Op(("-",), lambda: itertools.product(_R, _R), (
+        "{name} has {a} {obj}. {name} gives away {b} of them. How many {obj} does {name} have left?",
+        "{name} had {a} {obj} but lost {b}. How many {obj} does {name} have now?")),
+    "multiply": _Op(("x",), lambda: itertools.product(_R, _R), (
+        "{name} has {a} {conts}, and each {cont} has {b} {obj}. How many {obj} does {name} have?",
+        "{name} buys {a} {conts} of {obj}. Each {cont} holds {b} {obj}. How many {obj} did {name} buy?")),
+    "divide": _Op(("/",), lambda: ((b * q, b) for b in _D for q in _R), (
+        "{name} shares {a} {obj} equally among {b} friends. How many {obj} does each friend get?",
+        "{name} puts {a} {obj} into {b} {conts}, the same number in each. How many {obj} are in each {cont}?")),
+    "multiply_subtract": _Op(("x", "-"), lambda: itertools.product(_S, _S, _R), (
+        "{name} has {a} {conts} with {b} {obj} in each. {name} gives away {c} {obj}. How many {obj} does {name} have left?",
+        "{name} packs {a} {conts} of {obj}, {b} in each {cont}, and then sells {c} of the {obj}. How many {obj} are left?")),
+    "multiply_add": _Op(("x", "+"), lambda: itertools.product(_S, _S, _R), (
+        "{name} has {a} {conts} with {b} {obj} in each and finds {c} more {obj}. How many {obj} does {name} have in total?",
+        "{name} buys {a} {conts} of {obj} with {b} in each {cont}, then gets {c} more {obj} as a gift. How many {obj} does {name} have now?")),
+    "add_divide": _Op(("+", "/"), lambda: itertools.product(_R, _R, _D), (
+        "{name} has {a} {obj} and buys {b} more. Then {name} shares all the {obj} equally among {c} friends. How many {obj} does each friend get?",
+        "{name} picks {a} {obj} in the morning and {b} in the afternoon, then packs them equally into {c} {conts}. How many {obj} are in each {cont}?")),
+    "subtract_multiply": _Op(("-", "x"), lambda: itertools.product(_R, _R, _S), (
+        "{name} had {a} {conts} and gave {b} of them away. Each {cont} holds {c} {obj}. How many {obj} does {name} have now?",
+        "{name}'s shop has {a} {conts} of {obj} and sells {b} of the {conts}. Each {cont} has {c} {obj}. How many {obj} are left in the shop?")),
+}
+_KINDS = {"one_step": ("add", "subtract", "multiply", "divide"),
+          "two_step": ("multiply_subtract", "multiply_add", "add_divide", "subtract_multiply")}
+
+
+def _chain(symbols: tuple[str, ...], operands: tuple[int, ...]) -> list[tuple[int, str, int, int]] | None:
+    """Steps (x, symbol, y, result), or None unless every division is exact and every result >= 1."""
+    steps, value = [], operands[0]
+    for sym, y in zip(symbols, operands[1:], strict=True):
+        if sym == "/" and value % y:
+            return None
+        result = _APPLY[sym](value, y)
+        if result < 1:
+            return None
+        steps.append((value, sym, y, result))
+        value = result
+    return steps
+
+
+def _split_of(op: str, operands: tuple[int, ...]) -> str:
+    """A problem's split hangs on its arithmetic alone, never its wording: no train/test leak."""
+    digest = hashlib.sha256(":".join([op, *map(str, operands)]).encode()).hexdigest()
+    return "test" if int(digest, 16) % 5 == 0 else "train"
+
+
+@cache
+def _problems(op: str, split: str) -> tuple[tuple[int, ...], ...]:
+    spec = _OPS[op]
+    return tuple(p for p in spec.operands()
+                 if _chain(spec.symbols, p) is not None and _split_of(op, p) == split)
+
+
+def _wordings(op: str) -> int:
+    """Distinct texts one problem can take: templates x names x objects (x containers)."""
+    per = len(NAMES) * len(OBJECTS)
+    return sum(per * (len(CONTAINERS) if "{cont" in t else 1) for t in _OPS[op].templates)
+
+
+def _make_item(op: str, operands: tuple[int, ...], kind: str, rng: random.Random) -> TaskItem:
+    spec = _OPS[op]
+    # Always draw every choice, used or not, so the random stream does not depend on wording.
+    template, name, obj = rng.choice(spec.templates), rng.choice(NAMES), rng.choice(OBJECTS)
+    cont, conts = rng.choice(CONTAINERS)
+    numbers = dict(zip("abc", operands, strict=False))
+    question = template.format(name=name, obj=obj, cont=cont, conts=conts, **numbers)
+    steps = _chain(spec.symbols, operands)
+    answer = steps[-1][3]
+    work = " ".join(f"{x} {sym} {y} = {r}." for x, sym, y, r in steps)
+    return TaskItem(question, answer, f"{work} The answer is {answer}.",
+                    op if kind == "one_step" else kind)
+
+
+def _generate(kind: str, split: str, n: int, rng: random.Random,
+              exclude: frozenset[str] = frozenset()) -> list[TaskItem]:
+    ops = _KINDS[kind]
+    most = len(ops) * (min(len(_problems(op, split)) * _wordings(op) for op in ops) - len(exclude))
+    if n > most:
+        raise ValueError(f"arith {kind!r} {split!r} can supply at most {most} distinct questions, not {n}")
+    items: list[TaskItem] = []
+    seen = set(exclude)
+    while len(items) < n:
+        op = ops[len(items) % len(ops)]     # round robin: operations stay balanced
+        item = _make_item(op, rng.choice(_problems(op, split)), kind, rng)
+        if item.question not in seen:
+            seen.add(item.question)
+            items.append(item)
+    return items
+
+
+def arith_task(kind: str = "one_step", split: str = "test", n: int = 200, seed: int = 0) -> Task:
+    """A generated GSM8K-style word-problem task. kind "one_step" (add, subtract, multiply,
+    divide) or "two_step" (chains of two). A problem's split is fixed by a hash of its arithmetic,
+    so train and test never share one, whatever n and seed."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+    _check_split_n(split, n)
+    # String seeds hash with SHA-512 inside random: stable across runs and PYTHONHASHSEED.
+    fewshot = tuple(_generate(kind, "train", FEWSHOT, random.Random(f"arith:{kind}:fewshot:1234")))
+    exclude = frozenset(f.question for f in fewshot) if split == "train" else frozenset()
+    items = _generate(kind, split, n, random.Random(f"arith:{kind}:{split}:{seed}"), exclude)
+    return Task(f"arith-{kind}-{split}", tuple(items), fewshot)
