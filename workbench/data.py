@@ -365,7 +365,9 @@ CONTAINERS = (("box", "boxes"), ("bag", "bags"), ("basket", "baskets"), ("jar", 
               ("crate", "crates"), ("pack", "packs"), ("tray", "trays"), ("bin", "bins"),
               ("carton", "cartons"))
 _APPLY = {"+": operator.add, "-": operator.sub, "x": operator.mul, "/": operator.floordiv}
-_R, _S, _D = range(2, 21), range(2, 13), range(2, 11)   # operands, factors in chains, divisors
+# Small integers, as in the probe that found the embedded model able to do the task at all:
+# addends up to 20, factors and quotients up to 12 (times tables), divisors up to 10.
+_R, _S, _D = range(2, 21), range(2, 13), range(2, 11)
 
 
 @dataclass(frozen=True)
@@ -384,10 +386,10 @@ _OPS: dict[str, _Op] = {
     "subtract": _Op(("-",), lambda: itertools.product(_R, _R), (
         "{name} has {a} {obj}. {name} gives away {b} of them. How many {obj} does {name} have left?",
         "{name} had {a} {obj} but lost {b}. How many {obj} does {name} have now?")),
-    "multiply": _Op(("x",), lambda: itertools.product(_R, _R), (
+    "multiply": _Op(("x",), lambda: itertools.product(_S, _S), (
         "{name} has {a} {conts}, and each {cont} has {b} {obj}. How many {obj} does {name} have?",
         "{name} buys {a} {conts} of {obj}. Each {cont} holds {b} {obj}. How many {obj} did {name} buy?")),
-    "divide": _Op(("/",), lambda: ((b * q, b) for b in _D for q in _R), (
+    "divide": _Op(("/",), lambda: ((b * q, b) for b in _D for q in _S), (
         "{name} shares {a} {obj} equally among {b} friends. How many {obj} does each friend get?",
         "{name} puts {a} {obj} into {b} {conts}, the same number in each. How many {obj} are in each {cont}?")),
     "multiply_subtract": _Op(("x", "-"), lambda: itertools.product(_S, _S, _R), (

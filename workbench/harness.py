@@ -64,8 +64,10 @@ def _write_task_data(name: str, spec: dict, workdir: Path, n_test: int, n_train:
     return files
 
 
-def _task_config(name: str, spec: dict, files: dict) -> dict:
+def _task_config(name: str, spec: dict, files: dict, max_gen_toks: int | None) -> dict:
     chat = spec["chat"]
+    if max_gen_toks is None:
+        max_gen_toks = 64 if spec["source"] == "arith" else 320
     return {
         "task": name,
         "dataset_path": "json",
@@ -80,7 +82,7 @@ def _task_config(name: str, spec: dict, files: dict) -> dict:
         "fewshot_delimiter": "\n\n",
         "num_fewshot": 3,
         "generation_kwargs": {"until": ["<|im_end|>", "Question:", "\n\n"], "do_sample": False,
-                              "max_gen_toks": 64 if spec["source"] == "arith" else 320},
+                              "max_gen_toks": max_gen_toks},
         "filter_list": [{"name": "strict-match", "filter": [
             {"function": "regex", "regex_pattern": _ANSWER_REGEX},
             {"function": "take_first"}]}],
@@ -92,11 +94,13 @@ def _task_config(name: str, spec: dict, files: dict) -> dict:
 
 def lm_eval_tasks(model, tokenizer, tasks, limit: int | float | None = None, batch_size: int = 8,
                   num_fewshot: int | None = None, n_test: int = 200, n_train: int = 200,
+                  max_gen_toks: int | None = None,
                   workdir: str | Path | None = None) -> HarnessResult:
     """Run lm-eval tasks on a live model; returns metrics per task.
 
     tasks: names from LOCAL_TASKS and/or built-in lm-eval task names (those need the hub).
     limit: lm-eval's per-task limit (an int count, or a fraction), for quick runs.
+    max_gen_toks: generation budget of the local tasks (default 64 for arith, 320 for GSM8K).
     """
     try:
         import lm_eval
@@ -123,7 +127,7 @@ def lm_eval_tasks(model, tokenizer, tasks, limit: int | float | None = None, bat
             if name in LOCAL_TASKS:
                 spec = LOCAL_TASKS[name]
                 files = _write_task_data(name, spec, tmpdir, n_test, n_train)
-                (tmpdir / f"{name}.yaml").write_text(yaml.safe_dump(_task_config(name, spec, files)))
+                (tmpdir / f"{name}.yaml").write_text(yaml.safe_dump(_task_config(name, spec, files, max_gen_toks)))
         manager = TaskManager(include_path=str(tmpdir), include_defaults=bool(builtin))
         groups = {True: [t for t in tasks if LOCAL_TASKS.get(t, {}).get("chat")],
                   False: [t for t in tasks if not LOCAL_TASKS.get(t, {}).get("chat")]}
@@ -137,7 +141,7 @@ def lm_eval_tasks(model, tokenizer, tasks, limit: int | float | None = None, bat
             )
             for name in names:
                 metrics = out["results"].get(name, {})
-                result.metrics[name] = {k: v for k, v in metrics.items()
+                result.metrics[name] = {k: float(v) for k, v in metrics.items()
                                         if isinstance(v, (int, float)) and k != "alias"}
                 n = out.get("n-samples", {}).get(name, {})
                 result.n_samples[name] = int(n.get("effective", n.get("original", 0)) or 0)

@@ -1,0 +1,49 @@
+"""`python -m workbench eval` on a tiny local checkpoint: table, record, cache."""
+
+import json
+
+import pytest
+
+from workbench import cli
+from workbench.models import tiny_llama
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_llama(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_eval_writes_record_and_reuses_cache(checkpoint, tmp_path, capsys):
+    args = ["eval", "--model", str(checkpoint), "--tasks", "ppl,arith", "--quick",
+            "--results", str(tmp_path / "results")]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert "perplexity" in first and "accuracy" in first
+    stem = str(checkpoint).replace("/", "__") + "-quick"
+    record = json.loads((tmp_path / "results" / "eval" / f"{stem}.json").read_text())
+    assert record["quick"] is True
+    assert record["tasks"]["ppl"]["detail"]["n_windows"] == 8
+    assert record["tasks"]["arith"]["detail"]["n"] == 32
+    assert record["provenance"]["threads"] >= 1
+    assert (tmp_path / "results" / "eval" / f"{stem}.md").read_text().startswith("|")
+    assert cli.main(args) == 0                       # second run: both from the cache
+    second = capsys.readouterr().out
+    assert second.count("True") >= 3                 # quick: True, and cached True twice
+    again = json.loads((tmp_path / "results" / "eval" / f"{stem}.json").read_text())
+    assert again["tasks"]["ppl"]["value"] == record["tasks"]["ppl"]["value"]
+
+
+def test_quick_mode_from_environment(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_QUICK", "1")
+    assert cli.quick_mode()
+    monkeypatch.setenv("WORKBENCH_QUICK", "0")
+    assert not cli.quick_mode() and cli.quick_mode(True)
+
+
+def test_unknown_task_is_an_error(checkpoint, capsys):
+    assert cli.main(["eval", "--model", str(checkpoint), "--tasks", "ppl,nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
