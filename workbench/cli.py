@@ -34,20 +34,26 @@ EVAL_TASKS = {
 }
 
 
-def _run_task(task: str, settings: dict, model, tokenizer) -> tuple[dict, str]:
-    from workbench import data, evaluate
+def _task_data(task: str, settings: dict):
+    """The corpus or task a result is computed on (cheap to build; its fingerprint keys the cache)."""
+    from workbench import data
 
     if task == "ppl":
-        corpus = data.perplexity_corpus("pydoc", "eval")
-        r = evaluate.perplexity(model, tokenizer, corpus, seqlen=settings["seqlen"],
-                                max_windows=settings["max_windows"])
-        return {"metric": "perplexity", "value": r.perplexity, "detail": r.to_dict()}, corpus.fingerprint
+        return data.perplexity_corpus("pydoc", "eval")
     if task in ("arith", "arith2"):
-        t = data.arith_task(settings["kind"], "test", n=settings["n"])
-    else:
-        t = data.gsm8k("test", n=settings["n"])
-    r = evaluate.task_accuracy(model, tokenizer, t, fewshot=settings["fewshot"])
-    return {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}, t.fingerprint
+        return data.arith_task(settings["kind"], "test", n=settings["n"])
+    return data.gsm8k("test", n=settings["n"])
+
+
+def _run_task(task: str, settings: dict, model, tokenizer, inputs) -> dict:
+    from workbench import evaluate
+
+    if task == "ppl":
+        r = evaluate.perplexity(model, tokenizer, inputs, seqlen=settings["seqlen"],
+                                max_windows=settings["max_windows"])
+        return {"metric": "perplexity", "value": r.perplexity, "detail": r.to_dict()}
+    r = evaluate.task_accuracy(model, tokenizer, inputs, fewshot=settings["fewshot"])
+    return {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
 
 
 def cmd_eval(args) -> int:
@@ -69,12 +75,13 @@ def cmd_eval(args) -> int:
         desc, full, fast = EVAL_TASKS[task]
         settings = fast if quick else full
         config = {"step": "eval", "task": task, "settings": settings}
-        key = store.key(config, model_fp=model_fp)
+        inputs = _task_data(task, settings)
+        key = store.key(config, model_fp=model_fp, data_fp=inputs.fingerprint)
         record = None if args.refresh else store.get(key)
         cached = record is not None
         if record is None:
-            result, data_fp = _run_task(task, settings, model, tokenizer)
-            record = {**result, "config": config, "data_fingerprint": data_fp}
+            record = {**_run_task(task, settings, model, tokenizer, inputs), "config": config,
+                      "data_fingerprint": inputs.fingerprint}
             store.put(key, record)
         records[task] = record
         rows.append({"task": task, "description": desc, "metric": record["metric"],
