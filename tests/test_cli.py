@@ -47,3 +47,35 @@ def test_quick_mode_from_environment(monkeypatch):
 def test_unknown_task_is_an_error(checkpoint, capsys):
     assert cli.main(["eval", "--model", str(checkpoint), "--tasks", "ppl,nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_prune_grid_caches_points_and_pruned_weights(checkpoint, tmp_path, capsys):
+    args = ["prune", "--model", str(checkpoint), "--methods", "magnitude,wanda", "--sparsities",
+            "0.5", "--structures", "unstructured,2:4", "--quick", "--name", "grid",
+            "--results", str(tmp_path / "results")]
+    assert cli.main(args) == 0
+    rows = json.loads((tmp_path / "results" / "pruning" / "grid.json").read_text())["rows"]
+    assert [(r["method"], r["structure"]) for r in rows] == [
+        ("magnitude", "unstructured"), ("magnitude", "2:4"), ("wanda", "unstructured"), ("wanda", "2:4")]
+    assert all(abs(r["sparsity"] - 0.5) < 0.02 for r in rows)
+    assert all(r["ppl"] > 1 for r in rows)
+    pruned = list((tmp_path / "cache" / "models" / "pruned").glob("*.safetensors"))
+    assert len(pruned) == 4
+    assert cli.main(args) == 0                      # second run: every point from the cache
+    again = json.loads((tmp_path / "results" / "pruning" / "grid.json").read_text())["rows"]
+    assert [r["ppl"] for r in again] == [r["ppl"] for r in rows]
+
+
+def test_prune_rejects_bad_grid(checkpoint, capsys):
+    assert cli.main(["prune", "--model", str(checkpoint), "--methods", "obs"]) == 2
+    assert "method" in capsys.readouterr().err
+
+
+def test_quant_table(checkpoint, tmp_path):
+    assert cli.main(["quant", "--model", str(checkpoint), "--quick", "--sparsities", "0,0.5",
+                     "--smoothings", "none,smoothquant:0.5", "--activations", "per_token",
+                     "--name", "q", "--results", str(tmp_path / "results")]) == 0
+    rows = json.loads((tmp_path / "results" / "w8a8" / "q.json").read_text())["rows"]
+    assert [(r["smoothing"], r["activations"]) for r in rows] == [
+        ("fp32", "-"), ("none", "per_token"), ("smoothquant:0.5", "per_token")]
+    assert all(r["ppl @ 0% sparse"] > 1 and r["ppl @ 50% sparse"] > 1 for r in rows)

@@ -56,20 +56,21 @@ def _run_task(task: str, settings: dict, model, tokenizer, inputs) -> dict:
     return {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
 
 
-def cmd_eval(args) -> int:
-    import pandas as pd
+class UsageError(ValueError):
+    """Bad command-line input: reported on stderr with exit status 2."""
 
-    from workbench import cache, load_model
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+def _check_tasks(spec: str) -> list[str]:
+    tasks = [t.strip() for t in spec.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in EVAL_TASKS]
     if unknown or not tasks:
-        print(f"error: unknown task(s) {unknown}; choose from {', '.join(EVAL_TASKS)}", file=sys.stderr)
-        return 2
-    quick = quick_mode(args.quick)
-    model, tokenizer = load_model(args.model)
-    model_fp = cache.fingerprint_model(model)
-    store = cache.ResultCache()
+        raise UsageError(f"unknown task(s) {unknown}; choose from {', '.join(EVAL_TASKS)}")
+    return tasks
+
+
+def _evaluate(store, model, tokenizer, model_fp: str, tasks: list[str], quick: bool,
+              refresh: bool) -> tuple[list[dict], dict]:
+    """(table rows, records) for each task; each task result is cached on its own."""
     rows, records = [], {}
     for task in tasks:
         desc, full, fast = EVAL_TASKS[task]
@@ -77,7 +78,7 @@ def cmd_eval(args) -> int:
         config = {"step": "eval", "task": task, "settings": settings}
         inputs = _task_data(task, settings)
         key = store.key(config, model_fp=model_fp, data_fp=inputs.fingerprint)
-        record = None if args.refresh else store.get(key)
+        record = None if refresh else store.get(key)
         cached = record is not None
         if record is None:
             record = {**_run_task(task, settings, model, tokenizer, inputs), "config": config,
@@ -85,8 +86,23 @@ def cmd_eval(args) -> int:
             store.put(key, record)
         records[task] = record
         rows.append({"task": task, "description": desc, "metric": record["metric"],
-                     "value": record["value"], "n": record["detail"].get("n", record["detail"].get("n_tokens")),
+                     "value": record["value"],
+                     "n": record["detail"].get("n", record["detail"].get("n_tokens")),
                      "cached": cached})
+    return rows, records
+
+
+def cmd_eval(args) -> int:
+    import pandas as pd
+
+    from workbench import cache, load_model
+
+    tasks = _check_tasks(args.tasks)
+    quick = quick_mode(args.quick)
+    model, tokenizer = load_model(args.model)
+    model_fp = cache.fingerprint_model(model)
+    rows, records = _evaluate(cache.ResultCache(), model, tokenizer, model_fp, tasks, quick,
+                              args.refresh)
     frame = pd.DataFrame(rows)
     print(f"model: {args.model}  fingerprint: {model_fp[:16]}  quick: {quick}")
     print(frame.to_string(index=False))
@@ -100,6 +116,99 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    """Grid of pruning configs; each point: load, prune, evaluate; cached per point."""
+    import pandas as pd
+
+    from workbench import cache, data, load_model
+    from workbench.pruning import PruneConfig
+    from workbench.sweep import pruned_model
+
+    tasks = _check_tasks(args.tasks)
+    quick = quick_mode(args.quick)
+    nsamples = min(args.nsamples, 16) if quick else args.nsamples
+    grid = []
+    for method in args.methods.split(","):
+        for structure in args.structures.split(","):
+            levels = [0.0] if structure != "unstructured" else [float(x) for x in args.sparsities.split(",")]
+            for sparsity in levels:
+                try:
+                    grid.append(PruneConfig(method=method.strip(), sparsity=sparsity,
+                                            structure=structure.strip()))
+                except ValueError as err:
+                    raise UsageError(str(err)) from None
+    store = cache.ResultCache()
+    base = load_model(args.model)
+    base_fp = cache.fingerprint_model(base[0])
+    calib = data.calibration_set(base[1], "pydoc", nsamples=nsamples, seqlen=args.seqlen)
+    calib_fp = cache.fingerprint_data(calib)
+    rows = []
+    for config in grid:
+        settings = {"step": "prune", "prune": config.to_dict(), "tasks": tasks, "quick": quick}
+        key = store.key(settings, model_fp=base_fp, data_fp=calib_fp)
+        record = None if args.refresh else store.get(key)
+        if record is None:
+            model, tokenizer, summary = pruned_model(args.model, config, calib, store, base=base)
+            pruned_fp = cache.fingerprint_model(model)
+            _, metrics = _evaluate(store, model, tokenizer, pruned_fp, tasks, quick, args.refresh)
+            errors = [r["rel_error"] for r in summary.get("layers", []) if r["rel_error"] is not None]
+            record = {"prune": {k: v for k, v in summary.items() if k != "layers"},
+                      "model_fingerprint": pruned_fp,
+                      "mean_rel_error": sum(errors) / len(errors) if errors else None,
+                      "metrics": {t: m["value"] for t, m in metrics.items()}}
+            store.put(key, record)
+        rows.append({"method": config.method, "structure": config.structure,
+                     "sparsity": record["prune"]["sparsity"], "prune_s": record["prune"]["seconds"],
+                     "mean_rel_error": record["mean_rel_error"], **record["metrics"]})
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1))
+    frame = pd.DataFrame(rows)
+    out_dir = Path(args.results) / "pruning"
+    stem = args.name or (args.model.replace("/", "__") + ("-quick" if quick else ""))
+    cache.write_text_atomic(out_dir / f"{stem}.csv", frame.to_csv(index=False))
+    cache.write_text_atomic(out_dir / f"{stem}.md", frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    cache.write_json_atomic(out_dir / f"{stem}.json", {
+        "model": args.model, "base_fingerprint": base_fp, "calib_fingerprint": calib_fp,
+        "nsamples": nsamples, "seqlen": args.seqlen, "rows": rows, "provenance": cache.provenance()})
+    print(f"wrote {out_dir / stem}.{{csv,md,json}}")
+    return 0
+
+
+def _write_frame(frame, out_dir: Path, stem: str, meta: dict) -> None:
+    from workbench import cache
+
+    cache.write_text_atomic(out_dir / f"{stem}.csv", frame.to_csv(index=False))
+    cache.write_text_atomic(out_dir / f"{stem}.md", frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    cache.write_json_atomic(out_dir / f"{stem}.json", {**meta, "rows": frame.to_dict("records"),
+                                                      "provenance": cache.provenance()})
+    print(f"wrote {out_dir / stem}.{{csv,md,json}}")
+
+
+def cmd_quant(args) -> int:
+    """W8A8 perplexity: smoothing x activation granularity x SparseGPT sparsity."""
+    from workbench import data
+    from workbench.models import load_model
+    from workbench.sweep import w8a8_table
+
+    quick = quick_mode(args.quick)
+    _, tok = load_model(args.model)
+    calib = data.calibration_set(tok, "pydoc", nsamples=16 if quick else args.nsamples, seqlen=args.seqlen)
+    corpus = data.perplexity_corpus("pydoc", "eval")
+    windows = 4 if quick else args.max_windows
+    frame = w8a8_table(args.model, calib, corpus,
+                       sparsities=[float(x) for x in args.sparsities.split(",")],
+                       smoothings=args.smoothings.split(","), activations=args.activations.split(","),
+                       max_windows=windows)
+    wide = frame.pivot_table(index=["smoothing", "activations"], columns="sparsity",
+                             values="perplexity", sort=False).reset_index()
+    wide.columns = [c if isinstance(c, str) else f"ppl @ {c:.0%} sparse" for c in wide.columns]
+    print(wide.to_string(index=False))
+    stem = args.name or (args.model.replace("/", "__") + ("-quick" if quick else ""))
+    _write_frame(wide, Path(args.results) / "w8a8", stem,
+                 {"model": args.model, "max_windows": windows, "seqlen": args.seqlen,
+                  "calib_nsamples": int(calib.shape[0]), "weights": "per_channel"})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,9 +219,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--refresh", action="store_true", help="recompute even if cached")
     ev.add_argument("--results", default="results", help="directory for the written record")
     ev.set_defaults(func=cmd_eval)
+    pr = sub.add_parser("prune", help="prune with a grid of configs and evaluate each point")
+    pr.add_argument("--model", default="smollm2-135m")
+    pr.add_argument("--methods", default="sparsegpt,wanda,magnitude")
+    pr.add_argument("--sparsities", default="0.5", help="comma list, for unstructured")
+    pr.add_argument("--structures", default="unstructured", help="comma list: unstructured, 2:4, 4:8")
+    pr.add_argument("--tasks", default="ppl")
+    pr.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    pr.add_argument("--seqlen", type=int, default=512)
+    pr.add_argument("--quick", action="store_true")
+    pr.add_argument("--refresh", action="store_true")
+    pr.add_argument("--name", default=None, help="stem of the written table")
+    pr.add_argument("--results", default="results")
+    pr.set_defaults(func=cmd_prune)
+    qu = sub.add_parser("quant", help="W8A8 perplexity across smoothing, activations, sparsity")
+    qu.add_argument("--model", default="smollm2-135m")
+    qu.add_argument("--sparsities", default="0,0.5", help="SparseGPT sparsity levels")
+    qu.add_argument("--smoothings", default="none,smoothquant:0.5,smoothquant:0.8,lae")
+    qu.add_argument("--activations", default="per_token,per_tensor")
+    qu.add_argument("--nsamples", type=int, default=128)
+    qu.add_argument("--seqlen", type=int, default=512)
+    qu.add_argument("--max-windows", type=int, default=16, help="perplexity windows of seqlen")
+    qu.add_argument("--quick", action="store_true")
+    qu.add_argument("--name", default=None)
+    qu.add_argument("--results", default="results")
+    qu.set_defaults(func=cmd_quant)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
