@@ -79,3 +79,19 @@ def test_quant_table(checkpoint, tmp_path):
     assert [(r["smoothing"], r["activations"]) for r in rows] == [
         ("fp32", "-"), ("none", "per_token"), ("smoothquant:0.5", "per_token")]
     assert all(r["ppl @ 0% sparse"] > 1 and r["ppl @ 50% sparse"] > 1 for r in rows)
+
+
+def test_outliers_ranking_and_measured_agreement(checkpoint, tmp_path, capsys):
+    args = ["outliers", "--model", str(checkpoint), "--quick", "--k", "3", "--measure",
+            "--name", "o", "--results", str(tmp_path / "results")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "largest/3th" in out and "Spearman" in out
+    summary = json.loads((tmp_path / "results" / "outliers" / "o-summary.json").read_text())
+    for label in ("with_first_token", "without_first_token"):
+        assert summary[f"ratio_top_to_kth_{label}"] >= 1.0
+        assert 0 <= summary[f"agreement_{label}"]["overlap"] <= 3
+    top = json.loads((tmp_path / "results" / "outliers" / "o-top3-with_first_token.json").read_text())
+    assert len(top["rows"]) == 3
+    measured = json.loads((tmp_path / "results" / "outliers" / "o-measured-per_tensor.json").read_text())
+    assert len(measured["rows"]) == 14                 # every decoder Linear of the tiny model

@@ -209,6 +209,72 @@ def cmd_quant(args) -> int:
     return 0
 
 
+def cmd_outliers(args) -> int:
+    """Top-k outlier layers by input range (with and without the first token), the measured
+    one-layer-at-a-time W8A8 sensitivity, and how the two rankings agree."""
+    import pandas as pd
+
+    from workbench import cache, data
+    from workbench.models import load_model
+    from workbench.outliers import compare_rankings, measure_layer_sensitivity, rank_outlier_layers
+    from workbench.profiling import ActivationProfile, profile_activations
+    from workbench.quant import QuantConfig, W8A8Linear
+
+    quick = quick_mode(args.quick)
+    model, tok = load_model(args.model)
+    model_fp = cache.fingerprint_model(model)
+    store = cache.ResultCache()
+    calib = data.calibration_set(tok, "pydoc", nsamples=4 if quick else args.nsamples, seqlen=args.seqlen)
+    out_dir = Path(args.results) / "outliers"
+    stem = args.name or (args.model.replace("/", "__") + ("-quick" if quick else ""))
+    rankings, summary = {}, {"model": args.model, "calib_nsamples": int(calib.shape[0]),
+                             "seqlen": args.seqlen, "metric": args.metric, "k": args.k}
+    for first in (True, False):
+        key = store.key({"step": "profile", "include_first_token": first}, model_fp=model_fp,
+                        data_fp=cache.fingerprint_data(calib))
+        path = cache.cache_root() / "profiles" / f"{key}.pt"
+        try:
+            profile = ActivationProfile.load(path)
+        except Exception:   # absent or damaged: recompute
+            profile = profile_activations(model, calib, include_first_token=first)
+            profile.save(path)
+        ranking = rank_outlier_layers(profile, k=args.k, metric=args.metric)
+        label = "with_first_token" if first else "without_first_token"
+        rankings[label] = ranking
+        summary[f"ratio_top_to_kth_{label}"] = ranking.ratio_top_to_kth
+        top = ranking.frame.head(args.k)
+        print(f"top-{args.k} by {args.metric}, {label.replace('_', ' ')}: "
+              f"largest/{args.k}th = {ranking.ratio_top_to_kth:.1f}x")
+        print(top.to_string(index=False))
+        _write_frame(top, out_dir, f"{stem}-top{args.k}-{label}", summary)
+    if args.measure:
+        sens_calib = calib[: 2 if quick else args.measure_samples]
+        qcfg = QuantConfig(activations=args.activations)
+        key = store.key({"step": "layer-sensitivity", "quant": qcfg.to_dict()}, model_fp=model_fp,
+                        data_fp=cache.fingerprint_data(sens_calib))
+        record = store.get(key)
+        if record is None:
+            result = measure_layer_sensitivity(model, sens_calib,
+                                               lambda lin: W8A8Linear.from_float(lin, qcfg))
+            record = {"frame": result.frame.to_dict("records"), "baseline_loss": result.baseline_loss}
+            store.put(key, record)
+        from workbench.outliers import SensitivityResult
+
+        measured = SensitivityResult(frame=pd.DataFrame(record["frame"]),
+                                     baseline_loss=record["baseline_loss"],
+                                     n_tokens=int(sens_calib.numel() - sens_calib.shape[0]))
+        _write_frame(measured.frame, out_dir, f"{stem}-measured-{args.activations}",
+                     {**summary, "activations": args.activations,
+                      "baseline_loss": measured.baseline_loss})
+        for label, ranking in rankings.items():
+            agreement = compare_rankings(ranking, measured, k=args.k)
+            summary[f"agreement_{label}"] = agreement
+            print(f"heuristic ({label}) vs measured: top-{args.k} overlap {agreement['overlap']}, "
+                  f"Spearman {agreement['spearman']:.3f}")
+        cache.write_json_atomic(out_dir / f"{stem}-summary.json", {**summary, "provenance": cache.provenance()})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--name", default=None)
     qu.add_argument("--results", default="results")
     qu.set_defaults(func=cmd_quant)
+    ou = sub.add_parser("outliers", help="outlier-layer ranking, with and without the first token")
+    ou.add_argument("--model", default="smollm2-135m")
+    ou.add_argument("--metric", default="range", choices=["range", "absmax", "p99", "n_outliers"])
+    ou.add_argument("--k", type=int, default=10)
+    ou.add_argument("--nsamples", type=int, default=32, help="calibration windows to profile")
+    ou.add_argument("--seqlen", type=int, default=512)
+    ou.add_argument("--measure", action="store_true", help="also measure one-layer W8A8 loss deltas")
+    ou.add_argument("--measure-samples", type=int, default=4)
+    ou.add_argument("--activations", default="per_tensor", help="activation quantizer when measuring")
+    ou.add_argument("--quick", action="store_true")
+    ou.add_argument("--name", default=None)
+    ou.add_argument("--results", default="results")
+    ou.set_defaults(func=cmd_outliers)
     return parser
 
 
