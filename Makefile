@@ -26,9 +26,15 @@ $(STAMP): $(SETUP_INPUTS)
 	$(BIN)/python -c "import workbench.kernels as k; print('kernels:', k.cpu_features())"
 	touch $(STAMP)
 
-# The main job: evaluate the embedded model and write results/ (later: run the notebooks).
+# The main job on the embedded model: dense evaluation, the pruning table, the W8A8 smoothing
+# table and the outlier-layer ranking, all into results/. Every point is cached, so a re-run
+# (or a resumed, interrupted run) recomputes nothing it already has.
 reproduce: setup
 	$(BIN)/python -m workbench eval --model smollm2-135m --tasks ppl,arith
+	$(BIN)/python -m workbench prune --methods sparsegpt,wanda,magnitude --sparsities 0.5 \
+		--structures unstructured,2:4 --tasks ppl --name smollm2-135m-50
+	$(BIN)/python -m workbench quant --sparsities 0,0.5 --max-windows 16
+	$(BIN)/python -m workbench outliers --measure --measure-samples 2 --nsamples 32
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

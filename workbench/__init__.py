@@ -18,10 +18,21 @@ except PackageNotFoundError:  # pragma: no cover - running from an uninstalled t
 _LAZY = {
     "load_model": "workbench.models",
     "tiny_llama": "workbench.models",
+    "profile_activations": "workbench.profiling",
+    "rank_outlier_layers": "workbench.outliers",
+    "QuantPlan": "workbench.outliers",
+    "prune_": "workbench.pruning",
+    "PruneConfig": "workbench.pruning",
+    "smooth_": "workbench.smoothing",
+    "SmoothConfig": "workbench.smoothing",
+    "quantize_": "workbench.quant",
+    "QuantConfig": "workbench.quant",
 }
 
 
-_SUBMODULES = {"arch", "cache", "cli", "data", "evaluate", "harness", "hub", "kernels", "models"}
+_SUBMODULES = {"arch", "baselines", "cache", "cli", "data", "evaluate", "harness", "hub", "kernels",
+               "models", "outliers", "profiling", "pruning", "quant", "smoothing", "sparsegpt",
+               "sweep"}
 
 
 def __getattr__(name):

@@ -56,6 +56,13 @@ def _run_task(task: str, settings: dict, model, tokenizer, inputs) -> dict:
     return {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
 
 
+def _stem(args, quick: bool) -> str:
+    """File stem of a written table: --name or the model, with -quick for quick runs (so a quick
+    run never overwrites the full results)."""
+    base = getattr(args, "name", None) or args.model.replace("/", "__")
+    return base + ("-quick" if quick else "")
+
+
 class UsageError(ValueError):
     """Bad command-line input: reported on stderr with exit status 2."""
 
@@ -107,7 +114,7 @@ def cmd_eval(args) -> int:
     print(f"model: {args.model}  fingerprint: {model_fp[:16]}  quick: {quick}")
     print(frame.to_string(index=False))
     out_dir = Path(args.results) / "eval"
-    stem = args.model.replace("/", "__") + ("-quick" if quick else "")
+    stem = _stem(args, quick)
     payload = {"model": args.model, "model_fingerprint": model_fp, "quick": quick,
                "tasks": records, "provenance": cache.provenance()}
     cache.write_json_atomic(out_dir / f"{stem}.json", payload)
@@ -142,7 +149,10 @@ def cmd_prune(args) -> int:
     base_fp = cache.fingerprint_model(base[0])
     calib = data.calibration_set(base[1], "pydoc", nsamples=nsamples, seqlen=args.seqlen)
     calib_fp = cache.fingerprint_data(calib)
-    rows = []
+    _, dense = _evaluate(store, base[0], base[1], base_fp, tasks, quick, args.refresh)
+    rows = [{"method": "dense", "structure": "-", "sparsity": 0.0, "prune_s": 0.0,
+             "mean_rel_error": None, **{t: m["value"] for t, m in dense.items()}}]
+    print(pd.DataFrame(rows).to_string(index=False))
     for config in grid:
         settings = {"step": "prune", "prune": config.to_dict(), "tasks": tasks, "quick": quick}
         key = store.key(settings, model_fp=base_fp, data_fp=calib_fp)
@@ -160,10 +170,10 @@ def cmd_prune(args) -> int:
         rows.append({"method": config.method, "structure": config.structure,
                      "sparsity": record["prune"]["sparsity"], "prune_s": record["prune"]["seconds"],
                      "mean_rel_error": record["mean_rel_error"], **record["metrics"]})
-        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1))
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=False))
     frame = pd.DataFrame(rows)
     out_dir = Path(args.results) / "pruning"
-    stem = args.name or (args.model.replace("/", "__") + ("-quick" if quick else ""))
+    stem = _stem(args, quick)
     cache.write_text_atomic(out_dir / f"{stem}.csv", frame.to_csv(index=False))
     cache.write_text_atomic(out_dir / f"{stem}.md", frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     cache.write_json_atomic(out_dir / f"{stem}.json", {
@@ -202,7 +212,7 @@ def cmd_quant(args) -> int:
                              values="perplexity", sort=False).reset_index()
     wide.columns = [c if isinstance(c, str) else f"ppl @ {c:.0%} sparse" for c in wide.columns]
     print(wide.to_string(index=False))
-    stem = args.name or (args.model.replace("/", "__") + ("-quick" if quick else ""))
+    stem = _stem(args, quick)
     _write_frame(wide, Path(args.results) / "w8a8", stem,
                  {"model": args.model, "max_windows": windows, "seqlen": args.seqlen,
                   "calib_nsamples": int(calib.shape[0]), "weights": "per_channel"})
@@ -226,7 +236,7 @@ def cmd_outliers(args) -> int:
     store = cache.ResultCache()
     calib = data.calibration_set(tok, "pydoc", nsamples=4 if quick else args.nsamples, seqlen=args.seqlen)
     out_dir = Path(args.results) / "outliers"
-    stem = args.name or (args.model.replace("/", "__") + ("-quick" if quick else ""))
+    stem = _stem(args, quick)
     rankings, summary = {}, {"model": args.model, "calib_nsamples": int(calib.shape[0]),
                              "seqlen": args.seqlen, "metric": args.metric, "k": args.k}
     for first in (True, False):
