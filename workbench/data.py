@@ -236,6 +236,19 @@ def calibration_set(tokenizer, source: str | Corpus = "pydoc", nsamples: int = 1
     return stream[starts[:, None] + torch.arange(seqlen)]         # [nsamples, seqlen]
 
 
+def check_calib(calib: torch.Tensor) -> torch.Tensor:
+    """Validate a calibration batch: a 2-D integer tensor of token ids [n, L] with n >= 1."""
+    if not isinstance(calib, torch.Tensor):
+        raise TypeError(f"calib must be a Longtorch.Tensor of token ids [n, L], got {type(calib).__name__}")
+    if calib.dtype.is_floating_point or calib.dtype.is_complex or calib.dtype == torch.bool:
+        raise TypeError(f"calib must hold integer token ids, got dtype {calib.dtype}")
+    if calib.dim() != 2:
+        raise ValueError(f"calib must be 2-D [n, L], got shape {tuple(calib.shape)}")
+    if calib.shape[0] < 1 or calib.shape[1] < 1:
+        raise ValueError(f"calib must hold at least one token in one sequence, got {tuple(calib.shape)}")
+    return calib.long()
+
+
 # ---------------------------------------------------------------- task format
 
 _ANSWER = re.compile(r"answer is\W{0,8}?(-?)\$?(-?)(\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)

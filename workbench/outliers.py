@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from workbench.arch import layer_linears
-from workbench.profiling import ActivationProfile, check_calib
+from workbench.data import check_calib
+from workbench.profiling import ActivationProfile
 
 # metric name → column of ActivationProfile.to_frame()
 METRICS: dict[str, str] = {

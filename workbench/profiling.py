@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from workbench.arch import decoder_layers, layer_linears
 from workbench.cache import fingerprint_data, write_bytes_atomic
+from workbench.data import check_calib
 
 _FORMAT = 1  # version of the saved dict; bump when its keys change
 
@@ -67,19 +68,6 @@ def _absmax(x: Tensor) -> float:
 def _check_finite(what: str, x: Tensor) -> None:
     if not torch.isfinite(x).all():
         raise ValueError(f"non-finite activation (NaN or Inf) in {what}")
-
-
-def check_calib(calib: Tensor) -> Tensor:
-    """Validate a calibration batch: a 2-D integer tensor of token ids [n, L] with n >= 1."""
-    if not isinstance(calib, Tensor):
-        raise TypeError(f"calib must be a LongTensor of token ids [n, L], got {type(calib).__name__}")
-    if calib.dtype.is_floating_point or calib.dtype.is_complex or calib.dtype == torch.bool:
-        raise TypeError(f"calib must hold integer token ids, got dtype {calib.dtype}")
-    if calib.dim() != 2:
-        raise ValueError(f"calib must be 2-D [n, L], got shape {tuple(calib.shape)}")
-    if calib.shape[0] < 1 or calib.shape[1] < 1:
-        raise ValueError(f"calib must hold at least one token in one sequence, got {tuple(calib.shape)}")
-    return calib.long()
 
 
 # ---------------------------------------------------------------- walking the model

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from workbench.arch import decoder_layers, get_arch
 from workbench.baselines import magnitude_prune, wanda_prune
+from workbench.data import check_calib
 from workbench.sparsegpt import HessianAccumulator, reconstruction_error, sparsify_weight
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
@@ -157,13 +158,6 @@ class _NormAccumulator:
         self.sq += (x * x).sum(0)
 
 
-def _check_calib(calib) -> None:
-    if not isinstance(calib, torch.Tensor) or calib.dim() != 2 or calib.dtype not in (torch.int64, torch.int32):
-        raise TypeError("calib must be a 2-D integer tensor of token ids [nsamples, seqlen]")
-    if calib.shape[0] < 1 or calib.shape[1] < 2:
-        raise ValueError(f"calib must hold at least one sequence of 2+ tokens, got {tuple(calib.shape)}")
-
-
 @torch.no_grad()
 def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | None = None) -> PruneReport:
     """Prune the model's decoder Linears in place; returns per-matrix sparsity, errors and masks.
@@ -176,7 +170,9 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
     chosen = select_linears(model, config)
     needs_data = config.method != "magnitude"
     if needs_data:
-        _check_calib(calib)
+        calib = check_calib(calib)
+        if calib.shape[1] < 2:
+            raise ValueError(f"calib sequences need at least 2 tokens, got {tuple(calib.shape)}")
     prune_n, prune_m = config.prune_nm
     report = PruneReport(config=config.to_dict())
     layers = decoder_layers(model)
