@@ -270,7 +270,9 @@ def cmd_outliers(args) -> int:
             store.put(key, record)
         from workbench.outliers import SensitivityResult
 
-        measured = SensitivityResult(frame=pd.DataFrame(record["frame"]),
+        # The cache stores records with sorted keys: restore the result's column order.
+        frame = pd.DataFrame(record["frame"])[["name", "loss", "delta", "rank"]]
+        measured = SensitivityResult(frame=frame,
                                      baseline_loss=record["baseline_loss"],
                                      n_tokens=int(sens_calib.numel() - sens_calib.shape[0]))
         _write_frame(measured.frame, out_dir, f"{stem}-measured-{args.activations}",
