@@ -176,19 +176,25 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
     prune_n, prune_m = config.prune_nm
     report = PruneReport(config=config.to_dict())
     layers = decoder_layers(model)
+    shared_input = {local: norm for norm, group in get_arch(model).smooth_maps for local in group}
     was_training = model.training
     model.eval()
     try:
         batches = _block_inputs(model, calib.to(model.device), config.batch_size) if needs_data else []
         for i, layer in enumerate(tqdm(layers, desc=f"prune {config.method}", leave=False)):
             names = chosen.get(i, {})
-            stats, handles = {}, []
+            stats, handles, by_input = {}, [], {}
             for full, local in names.items() if needs_data else ():
-                lin = layer.get_submodule(local)
-                acc = (HessianAccumulator(lin.in_features, lin.weight.device)
-                       if config.method == "sparsegpt" else _NormAccumulator(lin.in_features, lin.weight.device))
-                stats[full] = acc
-                handles.append(lin.register_forward_pre_hook(lambda m, a, acc=acc: acc.add_batch(a[0])))
+                # Linears fed by one norm (q/k/v, gate/up) see the same input: one accumulator.
+                source = shared_input.get(local, local)
+                if source not in by_input:
+                    lin = layer.get_submodule(local)
+                    acc = (HessianAccumulator(lin.in_features, lin.weight.device)
+                           if config.method == "sparsegpt"
+                           else _NormAccumulator(lin.in_features, lin.weight.device))
+                    by_input[source] = acc
+                    handles.append(lin.register_forward_pre_hook(lambda m, a, acc=acc: acc.add_batch(a[0])))
+                stats[full] = by_input[source]
             try:
                 if names and needs_data:
                     _run_block(layer, batches)
