@@ -202,6 +202,13 @@ def _token_stream(job: _TokenizeJob) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)  # [ntokens]; shared by the cache, never mutated
 
 
+def token_stream(tokenizer, corpus: Corpus) -> torch.Tensor:
+    """The whole corpus as token ids [ntokens] (no special tokens), cached per tokenizer and text.
+    Shared by calibration windows and perplexity; callers must not modify it."""
+    tokenizer_id = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
+    return _token_stream(_TokenizeJob(tokenizer_id, corpus.fingerprint, tokenizer, corpus.text))
+
+
 def _as_corpus(source: str | Corpus) -> Corpus:
     if isinstance(source, Corpus):
         return source
@@ -218,8 +225,7 @@ def calibration_set(tokenizer, source: str | Corpus = "pydoc", nsamples: int = 1
     if nsamples < 1 or seqlen < 2:
         raise ValueError(f"need nsamples >= 1 and seqlen >= 2, got {nsamples} and {seqlen}")
     corpus = _as_corpus(source)
-    tokenizer_id = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
-    stream = _token_stream(_TokenizeJob(tokenizer_id, corpus.fingerprint, tokenizer, corpus.text))
+    stream = token_stream(tokenizer, corpus)
     ntokens = stream.numel()
     if nsamples * seqlen > ntokens:
         raise ValueError(

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workbench.data import Corpus, Task, answer_from_text
+from workbench.data import Corpus, Task, answer_from_text, token_stream
 
 # ---------------------------------------------------------------- perplexity
 
@@ -49,20 +49,10 @@ def _token_stream(tokenizer, corpus) -> tuple[torch.Tensor, str, str]:
             raise ValueError("a token-id corpus must be a 1-D integer tensor")
         return corpus.long(), "token-ids", fingerprint_data(corpus)
     if isinstance(corpus, Corpus):
-        text, name, fp = corpus.text, f"{corpus.name}:{corpus.split}", corpus.fingerprint
-    elif isinstance(corpus, str):
-        text, name, fp = corpus, "text", fingerprint_data(corpus)
-    else:
-        raise TypeError(f"corpus must be a Corpus, str or 1-D LongTensor, got {type(corpus).__name__}")
-    # Tokenize the whole corpus at once; windows are cut afterwards, so the model's maximum
-    # length does not apply here (silence the tokenizer's length warning).
-    saved = tokenizer.model_max_length
-    tokenizer.model_max_length = int(1e30)
-    try:
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    finally:
-        tokenizer.model_max_length = saved
-    return ids, name, fp
+        return token_stream(tokenizer, corpus), f"{corpus.name}:{corpus.split}", corpus.fingerprint
+    if isinstance(corpus, str):
+        return token_stream(tokenizer, Corpus("text", "raw", corpus)), "text", fingerprint_data(corpus)
+    raise TypeError(f"corpus must be a Corpus, str or 1-D LongTensor, got {type(corpus).__name__}")
 
 
 @torch.inference_mode()
