@@ -1,0 +1,278 @@
+"""Figures and tables: what lands in results/, font embedding, byte reproducibility, escaping,
+round trips, and that a failure leaves no partial file."""
+
+import hashlib
+import json
+import math
+import struct
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
+
+from workbench import cache, export, plots, tables  # noqa: E402
+
+OKABE_ITO = {"#000000", "#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00",
+             "#cc79a7"}
+PROV = {"source": "test"}  # skips git and CPU probing where provenance is not under test
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _line_plot():
+    fig, ax = plots.figure(columns=1)
+    for method in ("dense", "sparsegpt", "wanda"):
+        ax.plot([0.0, 0.5, 0.7], [10.0, 12.5, 20.0], marker="o", label=method,
+                color=plots.method_color(method))
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel(r"perplexity $\downarrow$")
+    ax.set_title("SmolLM2_135M & friends")
+    ax.legend()
+    return fig
+
+
+# ---------------------------------------------------------------- style and colours
+
+def test_style_is_colour_blind_safe_and_embeds_truetype():
+    with plots.style_context():
+        rc = matplotlib.rcParams
+        colors = [to_hex(c["color"]) for c in rc["axes.prop_cycle"]]
+        assert rc["pdf.fonttype"] == 42 and rc["ps.fonttype"] == 42
+        assert rc["svg.fonttype"] == "none" and rc["svg.hashsalt"] == "workbench"
+        assert rc["text.usetex"] is False
+    assert colors == [c.lower() for c in plots.PALETTE]  # style file and module agree
+    assert set(colors) == OKABE_ITO
+    assert plots.STYLE_PATH.is_file() and plots.STYLE_PATH.parent.name == "styles"
+    with matplotlib.rc_context():  # use_style() is global; keep it from leaking into other tests
+        plots.use_style()
+        assert to_hex(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"][0]) == "#0072b2"
+        assert matplotlib.rcParams["pdf.fonttype"] == 42
+
+
+def test_method_colors_are_stable_distinct_and_safe():
+    assert len(set(plots.METHOD_COLORS.values())) == len(plots.METHOD_COLORS)
+    assert set(plots.METHOD_COLORS.values()) <= {c.upper() for c in OKABE_ITO} | {"#999999"}
+    for name in ("sparsegpt", "wanda", "magnitude", "dense", "squarehead", "ce", "torch-int8",
+                 "llama.cpp", "ours"):
+        assert name in plots.METHOD_COLORS
+    assert plots.method_color("SparseGPT") == plots.METHOD_COLORS["sparsegpt"]
+    assert plots.method_color("torch_int8") == plots.method_color("Torch INT8")
+    assert plots.method_color("llama-cpp") == plots.METHOD_COLORS["llama.cpp"]
+    unknown = plots.method_color("my-new-pruner")
+    assert unknown == plots.method_color("My_New_Pruner") and unknown in plots.PALETTE[:6]
+
+
+def test_figure_widths_match_paper_columns():
+    fig1, _ = plots.figure(columns=1)
+    fig2, axes = plots.figure(columns=2, height=2.0, ncols=2)
+    assert fig1.get_size_inches()[0] == pytest.approx(3.3)
+    assert tuple(fig2.get_size_inches()) == pytest.approx((6.9, 2.0))
+    assert len(axes) == 2
+    with pytest.raises(ValueError, match="columns"):
+        plots.figure(columns=3)
+
+
+# ---------------------------------------------------------------- save_figure
+
+def test_save_figure_writes_pdf_svg_png_and_provenance(tmp_path):
+    paths = plots.save_figure(_line_plot(), "ppl-vs-sparsity", results_dir=tmp_path,
+                              config={"model": "tiny", "sparsities": (0.0, 0.5, 0.7)})
+    assert set(paths) == {"pdf", "svg", "png", "json"}
+    for ext, path in paths.items():
+        assert path == tmp_path / "figures" / f"ppl-vs-sparsity.{ext}" and path.is_file()
+    assert _all_files(tmp_path) == sorted(paths.values())  # no temp files left
+
+    pdf = paths["pdf"].read_bytes()
+    assert b"/FontFile2" in pdf  # embedded TrueType program (Type 42)
+    assert b"/Type3" not in pdf
+    assert b"/CreationDate" not in pdf
+
+    png = paths["png"].read_bytes()
+    width_px, height_px = struct.unpack(">II", png[16:24])  # IHDR
+    assert width_px == round(3.3 * plots.PNG_DPI)
+
+    sidecar = json.loads(paths["json"].read_text())
+    assert sidecar["kind"] == "figure" and sidecar["name"] == "ppl-vs-sparsity"
+    assert sidecar["config"] == {"model": "tiny", "sparsities": [0.0, 0.5, 0.7]}
+    prov = sidecar["provenance"]
+    assert {"git_commit", "libraries", "cpu", "workbench"} <= set(prov)
+    assert sidecar["matplotlib"] == matplotlib.__version__
+    for ext in ("pdf", "svg", "png"):
+        assert sidecar["sha256"][ext] == hashlib.sha256(paths[ext].read_bytes()).hexdigest()
+
+
+def test_same_figure_gives_identical_pdf_and_svg_bytes(tmp_path):
+    first = plots.save_figure(_line_plot(), "a", results_dir=tmp_path, provenance=PROV)
+    pdf_a, svg_a = first["pdf"].read_bytes(), first["svg"].read_bytes()
+    second = plots.save_figure(_line_plot(), "b", results_dir=tmp_path, provenance=PROV)
+    again = plots.save_figure(_line_plot(), "a", results_dir=tmp_path, provenance=PROV)
+    assert second["pdf"].read_bytes() == pdf_a and again["pdf"].read_bytes() == pdf_a
+    assert second["svg"].read_bytes() == svg_a and again["svg"].read_bytes() == svg_a
+
+
+def test_save_figure_accepts_axes_and_honours_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "env"))
+    _, ax = plots.figure()
+    paths = plots.save_figure(ax, "from-axes", provenance=PROV)
+    assert paths["pdf"] == tmp_path / "env" / "figures" / "from-axes.pdf"
+    monkeypatch.delenv("WORKBENCH_RESULTS")
+    assert export.results_root() == Path(plots.__file__).resolve().parent.parent / "results"
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a/b", "../up", "a\\b", ".hidden", " pad", None, 3])
+def test_bad_names_raise_before_writing(tmp_path, bad):
+    fig, _ = plots.figure()
+    with pytest.raises(ValueError, match="name"):
+        plots.save_figure(fig, bad, results_dir=tmp_path, provenance=PROV)
+    with pytest.raises(ValueError, match="name"):
+        tables.save_table(pd.DataFrame({"x": [1]}), bad, results_dir=tmp_path, provenance=PROV)
+    assert _all_files(tmp_path) == []
+
+
+def test_failing_savefig_leaves_old_files_and_no_temp(tmp_path, monkeypatch):
+    fig = _line_plot()
+    paths = plots.save_figure(fig, "fig", results_dir=tmp_path, provenance=PROV)
+    before = {p: p.read_bytes() for p in _all_files(tmp_path)}
+
+    calls = []
+
+    def broken_savefig(fname, **kwargs):
+        calls.append(kwargs.get("format"))
+        if kwargs.get("format") == "svg":  # after the PDF rendered fine
+            raise RuntimeError("disk on fire")
+        return type(fig).savefig(fig, fname, **kwargs)
+
+    monkeypatch.setattr(fig, "savefig", broken_savefig)
+    fig.axes[0].set_title("changed")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        plots.save_figure(fig, "fig", results_dir=tmp_path, provenance=PROV)
+    assert calls == ["pdf", "svg"]
+    assert {p: p.read_bytes() for p in _all_files(tmp_path)} == before  # untouched, no temps
+    with pytest.raises(RuntimeError):
+        plots.save_figure(fig, "new", results_dir=tmp_path, provenance=PROV)
+    assert not (paths["pdf"].parent / "new.pdf").exists()
+
+
+def test_unserializable_config_writes_nothing(tmp_path):
+    with pytest.raises(TypeError):
+        plots.save_figure(_line_plot(), "fig", results_dir=tmp_path, provenance=PROV,
+                          config={"f": object()})
+    assert _all_files(tmp_path) == []
+
+
+# ---------------------------------------------------------------- save_table
+
+def _frame():
+    return pd.DataFrame({
+        "method": ["sparsegpt", "wanda_v2", "a & b", "50% #1"],
+        "sparsity": [0.5, 0.5, 0.7, 0.0],
+        "ppl": [0.1 + 0.2, 12.3456789, 1e-05, float("nan")],
+        "layers": [30, 30, 12, 0],
+    })
+
+
+def _body(tex: str) -> list[str]:
+    lines = tex.splitlines()
+    return lines[lines.index(r"\midrule") + 1: lines.index(r"\bottomrule")]
+
+
+def test_latex_uses_booktabs_and_escapes_specials(tmp_path):
+    df = _frame().rename(columns={"ppl": "ppl_%"})
+    paths = tables.save_table(df, "t", results_dir=tmp_path, caption="Perplexity at 50% sparsity",
+                              label="tab:ppl", float_format=".2f", provenance=PROV)
+    tex = paths["tex"].read_text()
+    assert [ln for ln in tex.splitlines() if ln in (r"\toprule", r"\midrule", r"\bottomrule")] == [
+        r"\toprule", r"\midrule", r"\bottomrule"]
+    assert r"\begin{tabular}{lrrr}" in tex
+    assert r"\caption{Perplexity at 50\% sparsity}" in tex and r"\label{tab:ppl}" in tex
+    assert r"method & sparsity & ppl\_\% & layers \\" in tex
+    body = _body(tex)
+    assert body[0] == r"sparsegpt & 0.50 & 0.30 & 30 \\"
+    assert body[1].startswith(r"wanda\_v2 &") and body[2].startswith(r"a \& b &")
+    assert body[3] == r"50\% \#1 & 0.00 & -- & 0 \\"
+    # With every escape removed, no bare special character is left in the cells.
+    for line in body:
+        stripped = line.removesuffix(r" \\")
+        for escaped in (r"\&", r"\%", r"\_", r"\#"):
+            stripped = stripped.replace(escaped, "")
+        assert not set("%_#$") & set(stripped) and stripped.count("&") == 3
+    assert tables.latex_escape("a\\b{c}~^") == r"a\textbackslash{}b\{c\}\textasciitilde{}\textasciicircum{}"
+
+    bare = tables.to_latex(df)
+    assert r"\begin{table}" not in bare and bare.splitlines()[1].startswith(r"\begin{tabular}")
+
+
+def test_csv_and_markdown_round_trip_the_values(tmp_path):
+    df = _frame()
+    paths = tables.save_table(df, "roundtrip", results_dir=tmp_path, provenance=PROV)
+    assert set(paths) == {"tex", "md", "csv", "json"}
+    assert _all_files(tmp_path) == sorted(paths.values())
+
+    back = pd.read_csv(paths["csv"])
+    pd.testing.assert_frame_equal(back, df)  # exact: floats at full precision
+
+    lines = paths["md"].read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == list(df.columns)
+    rule = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert [(c[0], c[-1]) for c in rule] == [(":", "-"), ("-", ":"), ("-", ":"), ("-", ":")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    assert len(rows) == len(df)
+    for cells, (_, expected) in zip(rows, df.iterrows(), strict=True):
+        assert cells[0] == expected["method"]
+        assert float(cells[1]) == expected["sparsity"]
+        if math.isnan(expected["ppl"]):
+            assert cells[2] == ""
+        else:
+            assert float(cells[2]) == expected["ppl"]
+        assert int(cells[3]) == expected["layers"]
+
+    sidecar = json.loads(paths["json"].read_text())
+    assert sidecar["kind"] == "table" and sidecar["columns"] == list(df.columns)
+    assert sidecar["rows"] == 4 and sidecar["provenance"] == PROV
+
+
+def test_float_format_shapes_views_not_the_csv(tmp_path):
+    df = pd.DataFrame({"acc": [0.123456, 0.5]}, index=pd.Index(["a", "b"], name="method"))
+    paths = tables.save_table(df, "fmt", results_dir=tmp_path, float_format="{:.1%}",
+                              config={"grid": [1, 2]}, provenance=PROV)
+    assert "12.3\\%" in paths["tex"].read_text()
+    assert "| a        | 12.3% |" in paths["md"].read_text()
+    back = pd.read_csv(paths["csv"])
+    assert list(back.columns) == ["method", "acc"]  # the named index is written as a column
+    assert back["acc"].tolist() == [0.123456, 0.5]
+    assert json.loads(paths["json"].read_text())["config"] == {"grid": [1, 2]}
+    unnamed = pd.DataFrame({"x": [1.0, 2.0, 3.0]}).iloc[[0, 2]]  # gapped, unnamed index
+    assert tables.to_csv(unnamed) == "x\n1.0\n3.0\n"
+
+
+def test_table_rejects_bad_label_and_non_frames(tmp_path):
+    with pytest.raises(ValueError, match="label"):
+        tables.save_table(_frame(), "t", results_dir=tmp_path, label="tab:{x}", provenance=PROV)
+    with pytest.raises(TypeError):
+        tables.save_table([[1, 2]], "t", results_dir=tmp_path, provenance=PROV)
+    assert _all_files(tmp_path) == []
+
+
+def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def failing_replace(src, dst):
+        raise OSError("simulated crash at rename")
+
+    monkeypatch.setattr(cache.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        tables.save_table(_frame(), "t", results_dir=tmp_path, provenance=PROV)
+    assert _all_files(tmp_path) == []
