@@ -10,7 +10,7 @@ STAMP := $(VENV)/.workbench-setup
 SETUP_INPUTS := pyproject.toml setup.py $(wildcard kernels_cy/*.pyx kernels_cy/*.pxd kernels_cy/*.h kernels_cy/*.c)
 PYTEST_ARGS ?=
 
-.PHONY: setup reproduce test test-fast lab lint clean-build
+.PHONY: setup reproduce test test-fast asan bench-kernels lab lint clean-build
 
 setup: $(STAMP)
 
@@ -42,6 +42,26 @@ test: setup
 # Unit tests only (no real model): seconds, for the edit-test loop.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The kernel parity tests once under AddressSanitizer: the extensions are rebuilt with
+# -fsanitize=address into build/asan (a copy of the package, so the normal build is untouched)
+# and Python runs with libasan preloaded. Any out-of-bounds read or write aborts the run.
+ASAN_DIR := build/asan
+asan: setup
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r workbench $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/workbench/*.so
+	WORKBENCH_DEBUG_FLAGS="-fsanitize=address -fno-omit-frame-pointer -g -O1" \
+		$(BIN)/python setup.py -q build_ext --build-lib $(ASAN_DIR) --build-temp $(ASAN_DIR)/tmp --force
+	cd $(ASAN_DIR) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
+		ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 TQDM_DISABLE=1 \
+		../../$(BIN)/python -c "import workbench, sys; assert workbench.__file__.startswith('$$PWD'), workbench.__file__" && \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+		TQDM_DISABLE=1 ../../$(BIN)/python -m pytest -q -p no:cacheprovider --rootdir=../.. \
+		../../tests/test_kernels_linear.py ../../tests/test_kernels_quant.py
+
+# Kernel benchmark (idle machine!): ratios against torch FP32, torch dynamic INT8 and our dense
+# INT8 from one run, into results/kernels/. BENCH_ARGS=--quick for a minute-long smoke run.
+bench-kernels: setup
+	$(BIN)/python benchmarks/kernels.py $(BENCH_ARGS)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

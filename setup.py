@@ -53,10 +53,12 @@ def _extensions():
 
     exts = [
         Extension("workbench._quant", ["kernels_cy/_quant.pyx"], include_dirs=["kernels_cy"]),
+        Extension("workbench._linear", ["kernels_cy/_linear.pyx"], include_dirs=["kernels_cy"]),
     ]
     return cythonize(
         exts,
         language_level=3,
+        include_path=["kernels_cy"],
         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
                              "initializedcheck": False},
     )

@@ -9,8 +9,7 @@ bit for bit. A row of zeros gets scale 0 and q = 0.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport fabsf, nearbyintf
-from libc.string cimport memset
+from _qrow cimport quantize_row
 
 cdef extern from "wb_common.h" nogil:
     int wb_openmp_enabled()
@@ -24,38 +23,6 @@ def openmp_enabled():
 
 def omp_max_threads():
     return wb_omp_max_threads()
-
-
-cdef inline int _quantize_row(const float* x,        # IN  [k]
-                              signed char* q,        # OUT [k]
-                              float* scale,          # OUT [1]
-                              Py_ssize_t k) noexcept nogil:
-    """Quantize one row; returns 1 if it holds NaN or Inf (outputs then undefined)."""
-    cdef Py_ssize_t j
-    cdef float amax = 0.0
-    cdef float v, t, inv
-    cdef float poison = 0.0          # stays 0 unless some x is NaN or Inf (x*0 is NaN then)
-    cdef float c127 = 127.0
-    for j in range(k):
-        v = fabsf(x[j])
-        poison = poison + x[j] * <float>0.0
-        if v > amax:
-            amax = v
-    if poison != poison:
-        return 1
-    scale[0] = amax / c127
-    if amax == 0.0:
-        memset(q, 0, k)
-        return 0
-    inv = c127 / amax
-    for j in range(k):
-        t = nearbyintf(x[j] * inv)   # float32 product, round half to even
-        if t > c127:
-            t = c127
-        elif t < -c127:
-            t = -c127
-        q[j] = <signed char>t
-    return 0
 
 
 def quantize_per_token(const float[:, ::1] x,      # IN  [n, k]
@@ -81,5 +48,5 @@ def quantize_per_token(const float[:, ::1] x,      # IN  [n, k]
         return 0
     with nogil:
         for i in prange(n, num_threads=n_threads, schedule="static"):
-            bad += _quantize_row(&x[i, 0], &q[i, 0], &scales[i], k)
+            bad += quantize_row(&x[i, 0], &q[i, 0], &scales[i], k)
     return bad

@@ -27,12 +27,19 @@ _LAZY = {
     "SmoothConfig": "workbench.smoothing",
     "quantize_": "workbench.quant",
     "QuantConfig": "workbench.quant",
+    "finetune_": "workbench.finetune",
+    "SFTConfig": "workbench.finetune",
+    "distill_": "workbench.distill",
+    "DistillConfig": "workbench.distill",
+    "save_figure": "workbench.plots",
+    "save_table": "workbench.tables",
 }
 
 
-_SUBMODULES = {"arch", "baselines", "cache", "cli", "data", "evaluate", "harness", "hub", "kernels",
-               "models", "outliers", "profiling", "pruning", "quant", "smoothing", "sparsegpt",
-               "sweep"}
+_SUBMODULES = {"arch", "baselines", "cache", "cli", "data", "evaluate", "export", "harness", "hub",
+               "kernels", "models", "outliers", "plots", "profiling", "pruning", "quant",
+               "smoothing", "sparsegpt", "sweep", "tables", "training", "checkpoint",
+               "finetune", "distill", "packing"}
 
 
 def __getattr__(name):

@@ -13,8 +13,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from workbench.packing import MAX_IN_FEATURES, PackedLinear, linear_int8_ref, pack_linear
+
 try:
-    from workbench import _quant
+    from workbench import _linear, _quant
 except ImportError as err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "workbench's compiled kernels are missing: build them with `make setup` "
@@ -141,7 +143,159 @@ def cpu_features() -> dict:
         "avx512bw": "avx512bw" in flags,
         "avx512_vnni": "avx512_vnni" in flags,
         "avx_vnni": "avx_vnni" in flags,
+        "avx512vbmi2": "avx512_vbmi2" in flags,
+        "isa_supported": supported_isas(),
+        "isa": active_isa(),
         "openmp": _quant.openmp_enabled(),
         "omp_max_threads": _quant.omp_max_threads(),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+# ---------------------------------------------------------------- ISA dispatch
+
+ISAS = ("avx512vnni", "avx2", "generic")      # fastest first
+ISA_ENV = "WORKBENCH_KERNEL_ISA"
+
+
+def supported_isas() -> list[str]:
+    """Kernel paths this CPU can run, fastest first ("generic" always)."""
+    return [name for name in ISAS if _linear.isa_supported(_linear.ISA_NAMES[name])]
+
+
+def _resolve_isa(name: str | None) -> str:
+    if name is None or name == "auto":
+        return supported_isas()[0]
+    if name not in ISAS:
+        raise ValueError(f"unknown kernel ISA {name!r}; choose one of {ISAS} or 'auto'")
+    if name not in supported_isas():
+        raise ValueError(f"kernel ISA {name!r} is not available on this CPU "
+                         f"({cpu_model()}); available: {supported_isas()}")
+    return name
+
+
+def _isa_from_env() -> str:
+    env = os.environ.get(ISA_ENV, "auto").strip().lower() or "auto"
+    try:
+        return _resolve_isa(env)
+    except ValueError as err:
+        raise ValueError(f"{ISA_ENV}={env!r}: {err}") from None
+
+
+_ACTIVE_ISA = _isa_from_env()      # chosen once at import; set_isa() or isa= overrides
+
+
+def active_isa() -> str:
+    return _ACTIVE_ISA
+
+
+def set_isa(name: str | None) -> str:
+    """Select the kernel path for later calls ("auto" or None: the fastest available).
+    Returns the previous one. An unavailable path is a ValueError."""
+    global _ACTIVE_ISA
+    previous, _ACTIVE_ISA = _ACTIVE_ISA, _resolve_isa(name)
+    return previous
+
+
+# ---------------------------------------------------------------- packed W8A8 linear
+
+_EMPTY_F32 = np.zeros(0, np.float32)
+_EMPTY_I32 = np.zeros((0, 0), np.int32)
+
+
+def packed_matmul(packed: PackedLinear, x: np.ndarray, out: np.ndarray | None = None, *,
+                  n_threads: int | None = None, isa: str | None = None,
+                  return_acc: bool = False):
+    """y = dequant(W) · quant(x) + bias with the compiled kernels.
+
+    x: float32 C-contiguous [n, in] NumPy array (see linear_int8 for torch tensors).
+    out: optional float32 [n, out] buffer to fill. return_acc: also return the exact int32
+    accumulators [n, out] (for parity tests). Raises ValueError on NaN/Inf in x.
+    """
+    if not isinstance(packed, PackedLinear):
+        raise TypeError(f"packed must be a PackedLinear, got {type(packed).__name__}")
+    x = _as_float32_matrix(x, "x")
+    n, k = x.shape
+    if k != packed.in_features:
+        raise ValueError(f"x has {k} features, the layer expects {packed.in_features}")
+    threads = _check_threads(n_threads)
+    isa_name = _ACTIVE_ISA if isa is None else _resolve_isa(isa)
+    code = _linear.ISA_NAMES[isa_name]
+    kp = packed.kp
+    xq = np.empty((n, kp), np.int8)
+    xa = np.empty((n, kp), np.uint8)
+    sx = np.empty(n, np.float32)
+    if packed.act_scale is None:
+        static, inv = -1.0, 0.0
+    else:
+        static, inv = packed.act_scale, float(np.float32(1) / np.float32(packed.act_scale))
+    bad = _linear.prepare_acts(x, xq, xa, sx, static, inv, code, threads)
+    if bad:
+        raise ValueError(f"x holds NaN or Inf in {bad} of its {n} rows; cannot quantize")
+    if out is None:
+        out = np.empty((n, packed.out_features), np.float32)
+    elif out.shape != (n, packed.out_features) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(n, packed.out_features)}")
+    acc = np.empty((n, packed.out_features), np.int32) if return_acc else _EMPTY_I32
+    bias = packed.bias if packed.bias is not None else _EMPTY_F32
+    _linear.gemm(code, threads, packed.sparse, xq, xa, sx, packed.qweight, packed.mask,
+                 packed.values, packed.row_ptr, packed.rowsum, packed.scale, bias, out, acc)
+    return (out, acc) if return_acc else out
+
+
+class SparseInt8Linear(torch.nn.Module):
+    """A Linear layer computed by the sparse/dense INT8 kernels (inference only).
+
+    Activations are quantized per token (or with a static scale) inside the kernel call,
+    accumulated in int32 and rescaled by activation and weight scales. Input: float32
+    [..., in_features] on the CPU; a contiguous input is read in place, a non-contiguous one is
+    copied once. The output is a new float32 tensor [..., out_features].
+    """
+
+    def __init__(self, packed: PackedLinear, n_threads: int | None = None):
+        super().__init__()
+        if not isinstance(packed, PackedLinear):
+            raise TypeError(f"packed must be a PackedLinear, got {type(packed).__name__}")
+        self.packed = packed
+        self.n_threads = None if n_threads is None else _check_threads(n_threads)
+        self.in_features, self.out_features = packed.in_features, packed.out_features
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, act_scale: float | None = None,
+                    format: str = "auto", n_threads: int | None = None) -> SparseInt8Linear:
+        """Pack an nn.Linear: its zero weights define the sparsity (format="auto" picks sparse
+        or dense by density). act_scale: a static activation scale instead of per-token."""
+        if not isinstance(linear, torch.nn.Linear):
+            raise TypeError(f"from_linear expects an nn.Linear, got {type(linear).__name__}")
+        packed = pack_linear(linear.weight, linear.bias, format=format, act_scale=act_scale)
+        return cls(packed, n_threads=n_threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != torch.float32:
+            raise TypeError(f"input must be float32, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"input must be on the CPU, got device {x.device}")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input's last dimension must be in_features={self.in_features}, "
+                             f"got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.detach().reshape(-1, self.in_features)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
+        packed_matmul(self.packed, x2.numpy(), y.numpy(), n_threads=self.n_threads)
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        p = self.packed
+        kind = "sparse" if p.sparse else "dense"
+        static = f", act_scale={p.act_scale:.4g}" if p.act_scale is not None else ""
+        return (f"in_features={p.in_features}, out_features={p.out_features}, {kind}, "
+                f"density={p.density:.3f}, bias={p.bias is not None}{static}")
+
+
+__all__ = ["ISAS", "MAX_IN_FEATURES", "PackedLinear", "SparseInt8Linear", "active_isa",
+           "cpu_features", "default_threads", "linear_int8_ref", "pack_linear", "packed_matmul",
+           "quantize_per_token", "quantize_per_token_ref", "set_isa", "supported_isas"]
