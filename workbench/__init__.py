@@ -31,15 +31,19 @@ _LAZY = {
     "SFTConfig": "workbench.finetune",
     "distill_": "workbench.distill",
     "DistillConfig": "workbench.distill",
+    "run_recovery": "workbench.recovery",
+    "RecoveryConfig": "workbench.recovery",
     "save_figure": "workbench.plots",
     "save_table": "workbench.tables",
+    "pack": "workbench.runtime",
+    "PackedModel": "workbench.runtime",
 }
 
 
 _SUBMODULES = {"arch", "baselines", "cache", "cli", "data", "evaluate", "export", "harness", "hub",
                "kernels", "models", "outliers", "plots", "profiling", "pruning", "quant",
                "smoothing", "sparsegpt", "sweep", "tables", "training", "checkpoint",
-               "finetune", "distill", "packing"}
+               "finetune", "distill", "recovery", "packing", "llama", "runtime"}
 
 
 def __getattr__(name):

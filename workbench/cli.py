@@ -1,9 +1,12 @@
 """`python -m workbench ...`: scripted runs of the workbench steps.
 
     python -m workbench eval --model smollm2-135m --tasks ppl,arith [--quick]
+    python -m workbench distill --sparsities 0.5,0.7 [--steps N] [--quick]
 
-prints a table and writes results/eval/<model>[-quick].{json,md}. Every task result goes
-through the content-hashed cache, so a re-run with the same model and settings is instant.
+eval prints a table and writes results/eval/<model>[-quick].{json,md}; distill writes
+results/distill/<model>[-quick].{md,json,csv} and the training curves in <...>-losses.csv.
+Every result goes through the content-hashed cache, so a re-run with the same model and
+settings is instant.
 """
 
 from __future__ import annotations
@@ -287,6 +290,67 @@ def cmd_outliers(args) -> int:
     return 0
 
 
+def _recovery_config(args, quick: bool):
+    """RecoveryConfig from the distill arguments: the full or quick defaults, then whatever
+    was given on the command line. Raises UsageError before anything is loaded."""
+    import dataclasses
+
+    from workbench.recovery import RecoveryConfig
+
+    base = RecoveryConfig.quick() if quick else RecoveryConfig()
+
+    def schedule(config, steps, lr):
+        changes = {"steps": steps, "warmup": steps // 10} if steps is not None else {}
+        given = {"lr": lr, "batch_size": args.batch_size, "seed": args.seed}
+        return dataclasses.replace(config, **changes, **{k: v for k, v in given.items() if v is not None})
+
+    given = {"train_n": args.train_n, "nsamples": args.nsamples, "calib_seqlen": args.seqlen,
+             "eval_n": args.eval_n}
+    if args.max_windows is not None:
+        given["ppl_max_windows"] = args.max_windows or None     # 0: the whole eval split
+    try:
+        sparsities = tuple(float(x) for x in args.sparsities.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--sparsities must be a comma list of numbers, got {args.sparsities!r}") from None
+    try:
+        return dataclasses.replace(
+            base, sparsities=sparsities, sft=schedule(base.sft, args.sft_steps, args.sft_lr),
+            train=schedule(base.train, args.steps, args.lr),
+            **{k: v for k, v in given.items() if v is not None})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_distill(args) -> int:
+    """SFT teacher, SparseGPT one-shot, then CE vs SquareHead+CE recovery at each sparsity."""
+    import pandas as pd
+
+    from workbench import cache, load_model
+    from workbench.recovery import run_recovery
+
+    quick = quick_mode(args.quick)
+    config = _recovery_config(args, quick)
+    model, tok = load_model(args.model)
+    print(f"model: {args.model}  quick: {quick}  sparsities: {list(config.sparsities)}  "
+          f"SFT steps: {config.sft.steps}  recovery steps: {config.train.steps}")
+    shown = []
+
+    def show(row):
+        shown.append(row)
+        print(pd.DataFrame([row]).to_string(index=False, header=len(shown) == 1), flush=True)
+
+    result = run_recovery(model, tok, config, on_row=show)
+    print(result.table.to_string(index=False))
+    out_dir = Path(args.results) / "distill"
+    stem = _stem(args, quick)
+    _write_frame(result.table, out_dir, stem, {
+        "model": args.model, "quick": quick, **result.meta,
+        "weights": {k: str(v) for k, v in result.weights.items()}, "computed": result.computed})
+    cache.write_text_atomic(out_dir / f"{stem}-losses.csv", result.losses.to_csv(index=False))
+    print(f"wrote {out_dir / stem}-losses.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -335,6 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
     ou.add_argument("--name", default=None)
     ou.add_argument("--results", default="results")
     ou.set_defaults(func=cmd_outliers)
+    di = sub.add_parser("distill", help="SFT teacher, SparseGPT, CE vs SquareHead+CE recovery")
+    di.add_argument("--model", default="smollm2-135m")
+    di.add_argument("--sparsities", default="0.5,0.7", help="comma list of SparseGPT sparsities")
+    di.add_argument("--steps", type=int, default=None, help="recovery steps (each method)")
+    di.add_argument("--lr", type=float, default=None, help="recovery learning rate")
+    di.add_argument("--sft-steps", type=int, default=None, help="teacher SFT steps")
+    di.add_argument("--sft-lr", type=float, default=None)
+    di.add_argument("--batch-size", type=int, default=None, help="SFT and recovery batch")
+    di.add_argument("--seed", type=int, default=None, help="SFT and recovery seed")
+    di.add_argument("--train-n", type=int, default=None, help="arith one-step train examples")
+    di.add_argument("--nsamples", type=int, default=None, help="calibration windows")
+    di.add_argument("--seqlen", type=int, default=None, help="calibration window length")
+    di.add_argument("--eval-n", type=int, default=None, help="arith one-step test items")
+    di.add_argument("--max-windows", type=int, default=None, help="perplexity windows (0: all)")
+    di.add_argument("--quick", action="store_true", help="a smoke run of the whole pipeline")
+    di.add_argument("--name", default=None)
+    di.add_argument("--results", default="results")
+    di.set_defaults(func=cmd_distill)
     return parser
 
 
