@@ -122,6 +122,16 @@ def test_parity_over_batch(n, isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_parity_over_several_token_blocks(isa):
+    """Wide layers walk the tokens in L2-sized blocks (16 tokens at 5000 features)."""
+    w = _weight(37, 5000, 0.6)
+    for fmt in ("sparse", "dense"):
+        p = K.pack_linear(w, torch.randn(37), format=fmt)
+        for threads in (1, 2):
+            _assert_parity(p, _x(50, 5000, seed=3), isa, threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_parity_at_the_int8_extremes(isa):
     """|x| = |w| = 127 everywhere: the largest products the sign trick / VNNI shift must hold."""
     w = torch.full((9, 4100), 1.0)
@@ -150,6 +160,17 @@ def test_all_paths_agree_with_each_other():
     outs = [K.packed_matmul(p, x, isa=isa, return_acc=True)[1] for isa in ISAS]
     for other in outs[1:]:
         np.testing.assert_array_equal(outs[0], other)
+
+
+def test_packed_layers_copy_and_pickle():
+    import copy
+    import pickle
+
+    lin = torch.nn.Linear(70, 9)
+    mod = K.SparseInt8Linear.from_linear(lin, format="sparse")
+    x = torch.randn(3, 70)
+    for clone in (copy.deepcopy(mod), pickle.loads(pickle.dumps(mod))):
+        torch.testing.assert_close(clone(x), mod(x), rtol=0, atol=0)
 
 
 def test_out_buffer_is_filled_in_place():

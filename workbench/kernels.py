@@ -200,7 +200,20 @@ def set_isa(name: str | None) -> str:
 # ---------------------------------------------------------------- packed W8A8 linear
 
 _EMPTY_F32 = np.zeros(0, np.float32)
-_EMPTY_I32 = np.zeros((0, 0), np.int32)
+
+
+def _kernel(packed: PackedLinear):
+    """The compiled handle of a packed layer (validated and cached on first use)."""
+    if packed._kernel is None:
+        static, inv = -1.0, 0.0
+        if packed.act_scale is not None:
+            static = packed.act_scale
+            inv = float(np.float32(1) / np.float32(packed.act_scale))
+        packed._kernel = _linear.Kernel(
+            packed.sparse, packed.in_features, packed.qweight, packed.mask, packed.values,
+            packed.row_ptr, packed.rowsum, packed.scale,
+            packed.bias if packed.bias is not None else _EMPTY_F32, static, inv)
+    return packed._kernel
 
 
 def packed_matmul(packed: PackedLinear, x: np.ndarray, out: np.ndarray | None = None, *,
@@ -208,9 +221,9 @@ def packed_matmul(packed: PackedLinear, x: np.ndarray, out: np.ndarray | None = 
                   return_acc: bool = False):
     """y = dequant(W) · quant(x) + bias with the compiled kernels.
 
-    x: float32 C-contiguous [n, in] NumPy array (see linear_int8 for torch tensors).
-    out: optional float32 [n, out] buffer to fill. return_acc: also return the exact int32
-    accumulators [n, out] (for parity tests). Raises ValueError on NaN/Inf in x.
+    x: float32 [n, in] NumPy array or CPU tensor (copied only if not C-contiguous).
+    out: optional float32 [n, out] C-contiguous buffer to fill. return_acc: also return the
+    exact int32 accumulators [n, out] (for parity tests). Raises ValueError on NaN/Inf in x.
     """
     if not isinstance(packed, PackedLinear):
         raise TypeError(f"packed must be a PackedLinear, got {type(packed).__name__}")
@@ -219,27 +232,16 @@ def packed_matmul(packed: PackedLinear, x: np.ndarray, out: np.ndarray | None = 
     if k != packed.in_features:
         raise ValueError(f"x has {k} features, the layer expects {packed.in_features}")
     threads = _check_threads(n_threads)
-    isa_name = _ACTIVE_ISA if isa is None else _resolve_isa(isa)
-    code = _linear.ISA_NAMES[isa_name]
-    kp = packed.kp
-    xq = np.empty((n, kp), np.int8)
-    xa = np.empty((n, kp), np.uint8)
-    sx = np.empty(n, np.float32)
-    if packed.act_scale is None:
-        static, inv = -1.0, 0.0
-    else:
-        static, inv = packed.act_scale, float(np.float32(1) / np.float32(packed.act_scale))
-    bad = _linear.prepare_acts(x, xq, xa, sx, static, inv, code, threads)
-    if bad:
-        raise ValueError(f"x holds NaN or Inf in {bad} of its {n} rows; cannot quantize")
+    code = _linear.ISA_NAMES[_ACTIVE_ISA if isa is None else _resolve_isa(isa)]
     if out is None:
         out = np.empty((n, packed.out_features), np.float32)
-    elif out.shape != (n, packed.out_features) or out.dtype != np.float32 or not out.flags.c_contiguous:
+    elif (not isinstance(out, np.ndarray) or out.shape != (n, packed.out_features)
+          or out.dtype != np.float32 or not out.flags.c_contiguous):
         raise ValueError(f"out must be a C-contiguous float32 array of shape {(n, packed.out_features)}")
-    acc = np.empty((n, packed.out_features), np.int32) if return_acc else _EMPTY_I32
-    bias = packed.bias if packed.bias is not None else _EMPTY_F32
-    _linear.gemm(code, threads, packed.sparse, xq, xa, sx, packed.qweight, packed.mask,
-                 packed.values, packed.row_ptr, packed.rowsum, packed.scale, bias, out, acc)
+    acc = np.empty((n, packed.out_features), np.int32) if return_acc else None
+    bad = _kernel(packed).run(code, threads, x, out, acc)
+    if bad:
+        raise ValueError(f"x holds NaN or Inf in {bad} of its {n} rows; cannot quantize")
     return (out, acc) if return_acc else out
 
 
@@ -257,6 +259,7 @@ class SparseInt8Linear(torch.nn.Module):
         if not isinstance(packed, PackedLinear):
             raise TypeError(f"packed must be a PackedLinear, got {type(packed).__name__}")
         self.packed = packed
+        self._kernel = _kernel(packed)
         self.n_threads = None if n_threads is None else _check_threads(n_threads)
         self.in_features, self.out_features = packed.in_features, packed.out_features
 
@@ -285,8 +288,18 @@ class SparseInt8Linear(torch.nn.Module):
         if not x2.is_contiguous():
             x2 = x2.contiguous()
         y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
-        packed_matmul(self.packed, x2.numpy(), y.numpy(), n_threads=self.n_threads)
+        threads = self.n_threads or default_threads()
+        bad = self._kernel.run(_linear.ISA_NAMES[_ACTIVE_ISA], threads, x2.numpy(), y.numpy())
+        if bad:
+            raise ValueError(f"input holds NaN or Inf in {bad} of its {x2.shape[0]} tokens")
         return y.reshape(*lead, self.out_features)
+
+    def __getstate__(self) -> dict:        # copy.deepcopy / pickle: the handle is rebuilt
+        return {**self.__dict__, "_kernel": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._kernel = _kernel(self.packed)
 
     def extra_repr(self) -> str:
         p = self.packed

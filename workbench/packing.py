@@ -17,7 +17,7 @@ AVX-512 VNNI path needs to undo its +128 activation shift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,6 +53,10 @@ class PackedLinear:
     row_ptr: np.ndarray          # int64 [out + 1] (sparse) or [0]
     bias: np.ndarray | None = None      # float32 [out]
     act_scale: float | None = None      # static activation scale (absmax/127); None = per token
+    _kernel: object = field(default=None, repr=False)   # compiled handle, built on first use
+
+    def __getstate__(self) -> dict:        # copies and pickles rebuild the compiled handle
+        return {**self.__dict__, "_kernel": None}
 
     @property
     def kp(self) -> int:
