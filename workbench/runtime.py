@@ -1,0 +1,309 @@
+"""A lean CPU runtime for Llama-family models with sparse/dense INT8 linears: pack, then generate.
+
+    pm = runtime.pack(model, plan=plan)               # decoder linears -> SparseInt8Linear
+    ids = pm.generate(input_ids, max_new_tokens=64)   # prefill, then one decode step per token
+    base = runtime.PackedModel.from_fp32(model)       # same loop, plain FP32 F.linear
+
+At 135M parameters Hugging Face `generate` spends about two thirds of an INT8 decode step
+outside the linear layers (DESIGN.md, "Performance model"). This loop keeps that overhead
+small: a preallocated KV cache, precomputed RoPE tables, the query heads grouped under their KV
+head at decode (no repeat, no mask), and the layers' forwards called directly. The packed
+model computes what quant.quantize_ with per-channel weights and per-token activations
+computes (kernels.SparseInt8Linear reproduces W8A8Linear's arithmetic); from_fp32 separates
+the gain of the kernels from the gain of the loop. The decoder math is in workbench.llama.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench import llama
+from workbench.arch import get_arch, layer_linears
+from workbench.kernels import SparseInt8Linear
+from workbench.llama import KVCache, check_count, check_ids, llama_dims, rms_norm
+from workbench.packing import FORMATS
+from workbench.quant import _plan_names
+
+LM_HEAD_MODES = ("int8", "fp32")
+_SHORT = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
+          "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj",
+          "mlp.down_proj": "down_proj"}
+
+
+def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A float32 CPU snapshot, never sharing storage with the source model."""
+    return None if t is None else t.detach().to("cpu", torch.float32, copy=True)
+
+
+class Fp32Linear(nn.Module):
+    """y = x W^T + b with torch's FP32 GEMM, on a copy of the source weights."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.register_buffer("weight", _copy(linear.weight))
+        self.register_buffer("bias", _copy(linear.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, fp32"
+
+
+class DecoderBlock(nn.Module):
+    """One decoder layer's weights: two RMSNorm gains and seven linears."""
+
+    def __init__(self, layer: nn.Module, make_linear):
+        super().__init__()
+        self.register_buffer("input_norm", _copy(layer.input_layernorm.weight))
+        self.register_buffer("post_norm", _copy(layer.post_attention_layernorm.weight))
+        for long, short in _SHORT.items():
+            setattr(self, short, make_linear(long, layer.get_submodule(long)))
+
+
+def _describe(module: nn.Module) -> dict:
+    """kind, shape, density (nonzero fraction) and bytes a forward streams of one linear."""
+    if isinstance(module, SparseInt8Linear):
+        p = module.packed
+        kind = "int8-sparse" if p.sparse else "int8-dense"
+        out_f, in_f, density, nbytes = p.out_features, p.in_features, p.density, p.nbytes
+    else:
+        w, b = module.weight, module.bias
+        kind, (out_f, in_f) = "fp32", w.shape
+        density = float(torch.count_nonzero(w)) / max(w.numel(), 1)
+        nbytes = w.nbytes + (0 if b is None else b.nbytes)
+    return dict(kind=kind, out_features=out_f, in_features=in_f, density=density, nbytes=nbytes,
+                bytes_per_weight=nbytes / max(out_f * in_f, 1))
+
+
+class PackedModel(nn.Module):
+    """A Llama-family decoder built from a Hugging Face model's weights (the source is never
+    modified), with its own generation loop. Build with `pack` or `PackedModel.from_fp32`."""
+
+    def __init__(self, model: nn.Module, make_linear, lm_head: str):
+        super().__init__()
+        self.dims = llama_dims(model.config)
+        spec = get_arch(model)
+        self.register_buffer("embed", _copy(model.get_submodule(spec.embed).weight))
+        self.register_buffer("final_norm", _copy(model.get_submodule(spec.final_norm).weight))
+        cos, sin = llama.rope_tables(model.config, self.dims)
+        self.register_buffer("cos", cos, persistent=False)         # [max_positions, head_dim]
+        self.register_buffer("sin", sin, persistent=False)
+        layers = model.get_submodule(spec.layers)
+        self.layers = nn.ModuleList(
+            DecoderBlock(layer, lambda name, lin, i=i: make_linear(f"{spec.layers}.{i}.{name}", lin))
+            for i, layer in enumerate(layers))
+        head, embed = model.get_submodule(spec.lm_head), model.get_submodule(spec.embed)
+        self.tied = head.weight.data_ptr() == embed.weight.data_ptr()
+        self._names = (spec.layers, spec.lm_head)
+        self.lm_head = make_linear(spec.lm_head, head) if lm_head == "int8" else Fp32Linear(head)
+        self._cache: KVCache | None = None
+        # the hot loop reads plain tuples of tensors and bound forwards, not module attributes
+        self._hot = [(b.input_norm, b.q_proj.forward, b.k_proj.forward, b.v_proj.forward,
+                      b.o_proj.forward, b.post_norm, b.gate_proj.forward, b.up_proj.forward,
+                      b.down_proj.forward) for b in self.layers]
+        self._head = self.lm_head.forward
+        self.eval()
+
+    @classmethod
+    def from_fp32(cls, model: nn.Module) -> PackedModel:
+        """The same runtime with every linear (lm_head too) in plain FP32 (torch F.linear)."""
+        _check_source(model)
+        return cls(model, lambda name, lin: Fp32Linear(lin), lm_head="fp32")
+
+    # ------------------------------------------------------------ size
+
+    def summary(self):
+        """pandas DataFrame, one row per linear (Hugging Face names): kind (int8-sparse,
+        int8-dense, fp32), out/in features, density (nonzero fraction), bytes, bytes/weight."""
+        import pandas as pd
+
+        layers_path, head_name = self._names
+        rows = []
+        named = [(f"{layers_path}.{i}.{long}", getattr(b, short))
+                 for i, b in enumerate(self.layers) for long, short in _SHORT.items()]
+        for name, module in [*named, (head_name, self.lm_head)]:
+            rows.append(dict(name=name, **_describe(module)))
+        return pd.DataFrame(rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Weight bytes held: every linear (packed or FP32), the embedding and the norms. An FP32
+        lm_head tied to the embedding shares its tensor and is counted once."""
+        linears = [getattr(b, s) for b in self.layers for s in _SHORT.values()]
+        total = sum(_describe(m)["nbytes"] for m in linears)
+        norms = self.final_norm.nbytes + sum(b.input_norm.nbytes + b.post_norm.nbytes
+                                             for b in self.layers)
+        shared = self.tied and isinstance(self.lm_head, Fp32Linear)
+        return total + norms + self.embed.nbytes + (0 if shared else _describe(self.lm_head)["nbytes"])
+
+    # ------------------------------------------------------------ forward
+
+    def _forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor,
+                 all_logits: bool) -> torch.Tensor:
+        """Run ids [B, T] at RoPE positions [B, T] into cache slots length..length+T-1.
+        Returns logits [B, T, vocab] (all_logits) or [B, vocab] for the last position."""
+        d, (B, T) = self.dims, ids.shape
+        H, KV, hd, eps = d.n_heads, d.n_kv_heads, d.head_dim, d.rms_eps
+        s0, s1 = cache.length, cache.length + T
+        if s1 > cache.capacity:
+            raise RuntimeError(f"KV cache full: it holds {cache.capacity} tokens; pass a larger "
+                               "max_new_tokens to prefill")
+        decode = T == 1
+        mask = None if cache.key_mask is None else cache.key_mask[:, :s1]          # [B, S]
+        cos, sin = self.cos[positions], self.sin[positions]                        # [B, T, hd]
+        # decode: q [B, KV, group, hd] and k [B, KV, 1, hd] take cos [B, 1, 1, hd];
+        # prefill: q [B, H, T, hd] and k [B, KV, T, hd] take cos [B, 1, T, hd]
+        cos, sin = cos[:, None], sin[:, None]
+        h = F.embedding(ids, self.embed)                                           # [B, T, hidden]
+        for i, (n1, q_proj, k_proj, v_proj, o_proj, n2, gate, up, down) in enumerate(self._hot):
+            x = rms_norm(h, n1, eps)
+            if decode:
+                q = q_proj(x).view(B, KV, d.group, hd)
+                k, v = k_proj(x).view(B, KV, 1, hd), v_proj(x).view(B, KV, 1, hd)
+            else:
+                q = q_proj(x).view(B, T, H, hd).transpose(1, 2)                    # [B, H, T, hd]
+                k = k_proj(x).view(B, T, KV, hd).transpose(1, 2)                   # [B, KV, T, hd]
+                v = v_proj(x).view(B, T, KV, hd).transpose(1, 2)
+            q, k = llama.apply_rope(q, cos, sin), llama.apply_rope(k, cos, sin)
+            cache.keys[i, :, :, s0:s1] = k
+            cache.values[i, :, :, s0:s1] = v
+            if decode:
+                keys, values = cache.keys[i, :, :, :s1], cache.values[i, :, :, :s1]
+                a = llama.decode_attention(q, keys, values, mask).reshape(B, 1, H * hd)
+            else:
+                a = llama.prefill_attention(q, k, v, mask).transpose(1, 2).reshape(B, T, H * hd)
+            h = h + o_proj(a)
+            x = rms_norm(h, n2, eps)
+            h = h + down(F.silu(gate(x)) * up(x))                                 # SwiGLU
+        cache.length, cache.positions = s1, positions[:, -1] + 1
+        if not all_logits:
+            h = h[:, -1]                                                           # [B, hidden]
+        return self._head(rms_norm(h, self.final_norm, eps))
+
+    @torch.inference_mode()
+    def forward_logits(self, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """Logits float32 [B, T, vocab] of every position (perplexity, parity checks)."""
+        cache, positions = KVCache.for_prompt(self.dims, input_ids, attention_mask, 0)
+        return self._forward(cache, input_ids, positions, all_logits=True)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.forward_logits(input_ids, attention_mask)
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask=None,
+                max_new_tokens: int = 0) -> torch.Tensor:
+        """Start a sequence: run the prompt [B, T] into a fresh KV cache with room for
+        max_new_tokens more. Returns the last position's logits [B, vocab]."""
+        cache, positions = KVCache.for_prompt(self.dims, input_ids, attention_mask, max_new_tokens)
+        logits = self._forward(cache, input_ids, positions, all_logits=False)
+        self._cache = cache
+        return logits
+
+    @torch.inference_mode()
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (LongTensor [B] or [B, 1]) after prefill; logits [B, vocab]."""
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("decode_step needs a prefill first")
+        ids = check_ids(tokens.reshape(-1, 1) if isinstance(tokens, torch.Tensor) else tokens,
+                        self.dims.vocab)
+        if ids.shape[0] != cache.keys.shape[1]:
+            raise ValueError(f"expected {cache.keys.shape[1]} tokens (one per row), "
+                             f"got {ids.shape[0]}")
+        return self._forward(cache, ids, cache.positions[:, None], all_logits=False)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, eos_token_id=None,
+                 pad_token_id: int | None = None, attention_mask=None,
+                 seed: int | None = None) -> torch.Tensor:
+        """Greedy or sampled continuation: LongTensor [B, T + n], n <= max_new_tokens.
+
+        Prompts of unequal length are left-padded with attention_mask (1 = token, 0 = pad).
+        eos_token_id (int or list): a row that emits it is finished and gets pad_token_id
+        (default: the first eos id) afterwards; generation stops once every row is finished.
+        None: no early stop. seed: a private generator for sampling (default torch's global)."""
+        check_count(max_new_tokens)
+        if do_sample and not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+        gen = None if seed is None else torch.Generator().manual_seed(seed)
+        logits = self.prefill(input_ids, attention_mask, max_new_tokens)    # checks the inputs
+        B, T = input_ids.shape
+        out = torch.empty(B, T + max_new_tokens, dtype=torch.long)
+        out[:, :T] = input_ids
+        eos_t, finished = torch.tensor(eos, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+        for i in range(max_new_tokens):
+            token = _pick(logits, do_sample, temperature, top_k, gen)                # [B]
+            if eos:
+                token = token.masked_fill(finished, pad)
+                finished |= torch.isin(token, eos_t)
+            out[:, T + i] = token
+            if eos and bool(finished.all()):
+                return out[:, :T + i + 1]
+            if i + 1 < max_new_tokens:
+                logits = self.decode_step(token)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"llama, {self.dims.n_layers} layers, {self.nbytes / 2**20:.1f} MiB of weights"
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, gen) -> torch.Tensor:
+    """Next token per row from logits [B, vocab]: argmax, or a sample at temperature from
+    the top_k most likely."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+
+
+# ---------------------------------------------------------------- input checks
+
+def _check_source(model) -> None:
+    llama_dims(getattr(model, "config", None))        # the runtime's own architecture check
+    odd = [n for n, m in layer_linears(model).items() if not isinstance(m, nn.Linear)]
+    if odd:
+        raise TypeError(f"{len(odd)} decoder linears are not nn.Linear (e.g. {odd[0]}: "
+                        f"{type(layer_linears(model)[odd[0]]).__name__}); pack the FP32 model, "
+                        "pack applies the W8A8 arithmetic itself")
+
+
+def pack(model: nn.Module, plan=None, lm_head: str = "int8", format: str = "auto",
+         n_threads: int | None = None) -> PackedModel:
+    """Pack a Llama-family model for the runtime: every decoder Linear not named by plan
+    becomes a SparseInt8Linear (per-channel INT8 weights, per-token INT8 activations; format
+    "auto" packs a layer sparse when its INT8 density is at most
+    packing.AUTO_SPARSE_MAX_DENSITY). plan: None, a QuantPlan or layer names kept FP32.
+    lm_head: "int8" (dense INT8, tied or not) or "fp32". The source model is not modified."""
+    if lm_head not in LM_HEAD_MODES:
+        raise ValueError(f"lm_head must be one of {LM_HEAD_MODES}, got {lm_head!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    _check_source(model)
+    keep = set(_plan_names(plan))
+    unknown = sorted(keep - set(layer_linears(model)))
+    if unknown:
+        raise ValueError(f"plan names layers the model does not have: {unknown[:5]}")
+
+    head_name = get_arch(model).lm_head
+
+    def make_linear(name: str, linear: nn.Linear) -> nn.Module:
+        if name in keep:
+            return Fp32Linear(linear)
+        fmt = "dense" if name == head_name else format
+        return SparseInt8Linear.from_linear(linear, format=fmt, n_threads=n_threads)
+
+    return PackedModel(model, make_linear, lm_head)
+
+
+__all__ = ["Fp32Linear", "PackedModel", "pack"]
