@@ -10,7 +10,7 @@ STAMP := $(VENV)/.workbench-setup
 SETUP_INPUTS := pyproject.toml setup.py $(wildcard kernels_cy/*.pyx kernels_cy/*.pxd kernels_cy/*.h kernels_cy/*.c)
 PYTEST_ARGS ?=
 
-.PHONY: setup reproduce test test-fast asan bench-kernels lab lint clean-build
+.PHONY: setup reproduce notebooks explorer test test-notebooks test-fast asan bench-kernels lab lint clean-build
 
 setup: $(STAMP)
 
@@ -29,15 +29,44 @@ $(STAMP): $(SETUP_INPUTS)
 # The main job on the embedded model: dense evaluation, the pruning table, the W8A8 smoothing
 # table and the outlier-layer ranking, all into results/. Every point is cached, so a re-run
 # (or a resumed, interrupted run) recomputes nothing it already has.
+# The recovery experiment's arguments; notebook 03 reads back the run made with them.
+DISTILL_ARGS ?= --sparsities 0.5,0.7
 reproduce: setup
 	$(BIN)/python -m workbench eval --model smollm2-135m --tasks ppl,arith
 	$(BIN)/python -m workbench prune --methods sparsegpt,wanda,magnitude --sparsities 0.5 \
 		--structures unstructured,2:4 --tasks ppl --name smollm2-135m-50
 	$(BIN)/python -m workbench quant --sparsities 0,0.5 --max-windows 16
 	$(BIN)/python -m workbench outliers --measure --measure-samples 2 --nsamples 32
+	$(BIN)/python -m workbench distill $(DISTILL_ARGS)
+	$(MAKE) notebooks
+
+# Notebooks 01-05 run headless (the .py files are the source; the .ipynb is generated here),
+# reading the caches the lines above filled; figures and tables go to results/ (or
+# $WORKBENCH_RESULTS), executed copies to build/notebooks/ (not committed).
+NOTEBOOKS := 01_activation_ranges 02_pruning_sweep 03_sparse_finetuning 04_smoothing_int8 05_tokens_per_sec
+NB_BUILD := build/notebooks
+notebooks: setup
+	mkdir -p $(NB_BUILD)
+	set -e; for nb in $(NOTEBOOKS); do \
+		$(BIN)/jupytext --quiet --to ipynb -o $(NB_BUILD)/$$nb.ipynb notebooks/$$nb.py; \
+		extra=(); [ $$nb != 03_sparse_finetuning ] || extra=(-y "DISTILL_ARGS: '$(DISTILL_ARGS)'"); \
+		$(BIN)/papermill --cwd notebooks -p QUICK $(if $(filter 1,$(WORKBENCH_QUICK)),True,False) \
+			"$${extra[@]}" $(NB_BUILD)/$$nb.ipynb $(NB_BUILD)/$$nb.out.ipynb; \
+	done
+
+# The sparsity explorer (notebook 06) as a web app on localhost:8866.
+explorer: setup
+	mkdir -p $(NB_BUILD)
+	$(BIN)/jupytext --quiet --to ipynb -o $(NB_BUILD)/06_explorer.ipynb notebooks/06_explorer.py
+	cd notebooks && ../$(BIN)/voila ../$(NB_BUILD)/06_explorer.ipynb --no-browser
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The notebooks in quick mode (excluded from `make test` until their cold-cache time is
+# measured; see tests/test_notebooks.py).
+test-notebooks: setup
+	WORKBENCH_QUICK=1 $(BIN)/python -m pytest -q -m notebooks tests/test_notebooks.py $(PYTEST_ARGS)
 
 # Unit tests only (no real model): seconds, for the edit-test loop.
 test-fast: setup

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,28 +38,6 @@ EVAL_TASKS = {
 }
 
 
-def _task_data(task: str, settings: dict):
-    """The corpus or task a result is computed on (cheap to build; its fingerprint keys the cache)."""
-    from workbench import data
-
-    if task == "ppl":
-        return data.perplexity_corpus("pydoc", "eval")
-    if task in ("arith", "arith2"):
-        return data.arith_task(settings["kind"], "test", n=settings["n"])
-    return data.gsm8k("test", n=settings["n"])
-
-
-def _run_task(task: str, settings: dict, model, tokenizer, inputs) -> dict:
-    from workbench import evaluate
-
-    if task == "ppl":
-        r = evaluate.perplexity(model, tokenizer, inputs, seqlen=settings["seqlen"],
-                                max_windows=settings["max_windows"])
-        return {"metric": "perplexity", "value": r.perplexity, "detail": r.to_dict()}
-    r = evaluate.task_accuracy(model, tokenizer, inputs, fewshot=settings["fewshot"])
-    return {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
-
-
 def _stem(args, quick: bool) -> str:
     """File stem of a written table: --name or the model, with -quick for quick runs (so a quick
     run never overwrites the full results)."""
@@ -81,19 +60,13 @@ def _check_tasks(spec: str) -> list[str]:
 def _evaluate(store, model, tokenizer, model_fp: str, tasks: list[str], quick: bool,
               refresh: bool) -> tuple[list[dict], dict]:
     """(table rows, records) for each task; each task result is cached on its own."""
+    from workbench.sweep import evaluate_cached
+
     rows, records = [], {}
     for task in tasks:
         desc, full, fast = EVAL_TASKS[task]
-        settings = fast if quick else full
-        config = {"step": "eval", "task": task, "settings": settings}
-        inputs = _task_data(task, settings)
-        key = store.key(config, model_fp=model_fp, data_fp=inputs.fingerprint)
-        record = None if refresh else store.get(key)
-        cached = record is not None
-        if record is None:
-            record = {**_run_task(task, settings, model, tokenizer, inputs), "config": config,
-                      "data_fingerprint": inputs.fingerprint}
-            store.put(key, record)
+        record, cached = evaluate_cached(store, model, tokenizer, model_fp, task,
+                                         fast if quick else full, refresh=refresh)
         records[task] = record
         rows.append({"task": task, "description": desc, "metric": record["metric"],
                      "value": record["value"],
@@ -225,13 +198,11 @@ def cmd_quant(args) -> int:
 def cmd_outliers(args) -> int:
     """Top-k outlier layers by input range (with and without the first token), the measured
     one-layer-at-a-time W8A8 sensitivity, and how the two rankings agree."""
-    import pandas as pd
-
     from workbench import cache, data
     from workbench.models import load_model
-    from workbench.outliers import compare_rankings, measure_layer_sensitivity, rank_outlier_layers
-    from workbench.profiling import ActivationProfile, profile_activations
-    from workbench.quant import QuantConfig, W8A8Linear
+    from workbench.outliers import cached_layer_sensitivity, compare_rankings, rank_outlier_layers
+    from workbench.profiling import cached_profile
+    from workbench.quant import QuantConfig
 
     quick = quick_mode(args.quick)
     model, tok = load_model(args.model)
@@ -243,14 +214,8 @@ def cmd_outliers(args) -> int:
     rankings, summary = {}, {"model": args.model, "calib_nsamples": int(calib.shape[0]),
                              "seqlen": args.seqlen, "metric": args.metric, "k": args.k}
     for first in (True, False):
-        key = store.key({"step": "profile", "include_first_token": first}, model_fp=model_fp,
-                        data_fp=cache.fingerprint_data(calib))
-        path = cache.cache_root() / "profiles" / f"{key}.pt"
-        try:
-            profile = ActivationProfile.load(path)
-        except Exception:   # absent or damaged: recompute
-            profile = profile_activations(model, calib, include_first_token=first)
-            profile.save(path)
+        profile = cached_profile(model, calib, include_first_token=first, model_fp=model_fp,
+                                 store=store)
         ranking = rank_outlier_layers(profile, k=args.k, metric=args.metric)
         label = "with_first_token" if first else "without_first_token"
         rankings[label] = ranking
@@ -262,22 +227,9 @@ def cmd_outliers(args) -> int:
         _write_frame(top, out_dir, f"{stem}-top{args.k}-{label}", summary)
     if args.measure:
         sens_calib = calib[: 2 if quick else args.measure_samples]
-        qcfg = QuantConfig(activations=args.activations)
-        key = store.key({"step": "layer-sensitivity", "quant": qcfg.to_dict()}, model_fp=model_fp,
-                        data_fp=cache.fingerprint_data(sens_calib))
-        record = store.get(key)
-        if record is None:
-            result = measure_layer_sensitivity(model, sens_calib,
-                                               lambda lin: W8A8Linear.from_float(lin, qcfg))
-            record = {"frame": result.frame.to_dict("records"), "baseline_loss": result.baseline_loss}
-            store.put(key, record)
-        from workbench.outliers import SensitivityResult
-
-        # The cache stores records with sorted keys: restore the result's column order.
-        frame = pd.DataFrame(record["frame"])[["name", "loss", "delta", "rank"]]
-        measured = SensitivityResult(frame=frame,
-                                     baseline_loss=record["baseline_loss"],
-                                     n_tokens=int(sens_calib.numel() - sens_calib.shape[0]))
+        measured = cached_layer_sensitivity(model, sens_calib,
+                                            QuantConfig(activations=args.activations),
+                                            model_fp=model_fp, store=store)
         _write_frame(measured.frame, out_dir, f"{stem}-measured-{args.activations}",
                      {**summary, "activations": args.activations,
                       "baseline_loss": measured.baseline_loss})
@@ -321,6 +273,16 @@ def _recovery_config(args, quick: bool):
         raise UsageError(str(err)) from None
 
 
+def distill_config(argv: str | list[str] = ()):
+    """The RecoveryConfig that `python -m workbench distill ARGV` runs (quick with --quick or
+    WORKBENCH_QUICK=1), so a notebook given the same arguments reads that run's cache."""
+    import shlex
+
+    argv = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    args = build_parser().parse_args(["distill", *argv])
+    return _recovery_config(args, quick_mode(args.quick))
+
+
 def cmd_distill(args) -> int:
     """SFT teacher, SparseGPT one-shot, then CE vs SquareHead+CE recovery at each sparsity."""
     import pandas as pd
@@ -348,6 +310,53 @@ def cmd_distill(args) -> int:
         "weights": {k: str(v) for k, v in result.weights.items()}, "computed": result.computed})
     cache.write_text_atomic(out_dir / f"{stem}-losses.csv", result.losses.to_csv(index=False))
     print(f"wrote {out_dir / stem}-losses.csv")
+    return 0
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be a comma list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def cmd_bench(args) -> int:
+    """Speed: `decode` (tokens/s of whole models, one run) or `kernels` (benchmarks/kernels.py)."""
+    import pandas as pd
+
+    from workbench import bench
+
+    if args.what == "kernels":
+        script = Path(__file__).resolve().parent.parent / "benchmarks" / "kernels.py"
+        if not script.is_file():
+            raise UsageError(f"{script} not found: run from a source checkout")
+        return subprocess.call([sys.executable, str(script)] + (["--quick"] if args.quick else []))
+    quick = quick_mode(args.quick)
+    threads = _int_list(args.threads, "--threads")
+    batches = _int_list(args.batches, "--batches")
+    systems = tuple(args.systems.split(",")) if args.systems else (
+        ("ours-fp32", "ours-int8", "ours-sparse-0.7") if quick else bench.EMBEDDED_SYSTEMS)
+    layers = _int_list(args.shape_layers, "--shape-layers") if args.shape_layers else []
+    for kind in systems:
+        try:
+            bench.check_system(kind)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    result = bench.run_decode(
+        args.model, systems, batches=[1] if quick else batches, threads=threads,
+        prompt_len=16 if quick else args.prompt_len, new_tokens=16 if quick else args.new_tokens,
+        repeats=1 if quick else args.repeats, shape_models=() if quick or not layers else ("llama2-7b-shape",),
+        shape_layers=layers)
+    out_dir = Path(args.results) / "decode"
+    stem = _stem(args, quick)
+    _write_frame(pd.DataFrame(result["rows"]), out_dir, stem, {"model": args.model, "quick": quick})
+    if result["fits"]:
+        _write_frame(pd.DataFrame(result["fits"]), out_dir, f"{stem}-7b-shape-fit",
+                     {"note": "random-weight shape models; decode ms/token extrapolated to 32 "
+                              "layers by a least-squares line over the measured depths"})
     return 0
 
 
@@ -417,6 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--name", default=None)
     di.add_argument("--results", default="results")
     di.set_defaults(func=cmd_distill)
+    be = sub.add_parser("bench", help="speed: decode tokens/s of whole models, or the kernels")
+    be.add_argument("what", choices=("decode", "kernels"))
+    be.add_argument("--model", default="smollm2-135m")
+    be.add_argument("--systems", default=None, help="comma list (default: all; see workbench.bench)")
+    be.add_argument("--threads", default="1,2")
+    be.add_argument("--batches", default="1,8")
+    be.add_argument("--prompt-len", type=int, default=128)
+    be.add_argument("--new-tokens", type=int, default=128)
+    be.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
+    be.add_argument("--shape-layers", default="2,4,8",
+                    help="decoder layers of the random-weight 7B-shape models ('' to skip)")
+    be.add_argument("--quick", action="store_true")
+    be.add_argument("--name", default=None)
+    be.add_argument("--results", default="results")
+    be.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -72,3 +72,14 @@ def write_result_set(
              for ext, data in files.items()}
     paths["json"] = cache.write_json_atomic(directory / f"{name}.json", sidecar)
     return paths
+
+
+def find_result(relpath: str | Path, results_dir: str | Path | None = None) -> Path | None:
+    """An input written by an earlier step: results_root(results_dir)/relpath, else the same
+    file in the checkout's results/ (so a run writing into a scratch $WORKBENCH_RESULTS still
+    reads the committed benchmark tables), else None."""
+    for root in (results_root(results_dir), Path(__file__).resolve().parent.parent / "results"):
+        path = root / relpath
+        if path.is_file():
+            return path
+    return None

@@ -219,3 +219,27 @@ def compare_rankings(heuristic: OutlierRanking, measured: SensitivityResult,
         "spearman": spearman, "n_layers": len(both), "metric": heuristic.metric,
         "heuristic_top": h_top, "measured_top": m_top,
     }
+
+
+def cached_layer_sensitivity(model: nn.Module, calib: Tensor, config=None,
+                             model_fp: str | None = None, store=None) -> SensitivityResult:
+    """measure_layer_sensitivity with each layer W8A8-quantized by config (a QuantConfig,
+    default per-tensor activations), cached as the `outliers --measure` CLI caches it."""
+    from workbench import cache
+    from workbench.quant import QuantConfig, W8A8Linear
+
+    config = config or QuantConfig(activations="per_tensor")
+    store = store or cache.ResultCache()
+    model_fp = model_fp or cache.fingerprint_model(model)
+    key = store.key({"step": "layer-sensitivity", "quant": config.to_dict()}, model_fp=model_fp,
+                    data_fp=cache.fingerprint_data(calib))
+    record = store.get(key)
+    if record is None:
+        result = measure_layer_sensitivity(model, calib,
+                                           lambda lin: W8A8Linear.from_float(lin, config))
+        record = {"frame": result.frame.to_dict("records"), "baseline_loss": result.baseline_loss}
+        store.put(key, record)
+    # The cache stores records with sorted keys: restore the result's column order.
+    frame = pd.DataFrame(record["frame"])[["name", "loss", "delta", "rank"]]
+    return SensitivityResult(frame=frame, baseline_loss=record["baseline_loss"],
+                             n_tokens=int(calib.numel() - calib.shape[0]))

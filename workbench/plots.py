@@ -146,3 +146,34 @@ def save_figure(
         "config": config,
     }
     return write_result_set(directory, name, files, meta, provenance)
+
+
+def sparsity_curves(ax: Axes, frame, metric: str, ylabel: str | None = None,
+                    highlight: tuple[str, float] | None = None, logy: bool = False) -> Axes:
+    """metric against sparsity from a sweep frame (columns method, structure, sparsity, metric:
+    sweep.prune_sweep's): a line per method over its unstructured points, N:M points as open
+    markers labelled with their pattern, the dense value as a dashed black line. highlight:
+    (method, sparsity) ringed, for the explorer. Returns ax."""
+    dense = frame[frame["method"] == "dense"]
+    if len(dense):
+        ax.axhline(float(dense[metric].iloc[0]), color=method_color("dense"), ls="--", lw=0.8,
+                   label="dense")
+    for method, part in frame[frame["method"] != "dense"].groupby("method", sort=False):
+        color = method_color(method)
+        line = part[part["structure"] == "unstructured"].sort_values("sparsity")
+        ax.plot(line["sparsity"], line[metric], marker="o", ms=3, color=color, label=method)
+        for _, row in part[part["structure"] != "unstructured"].iterrows():
+            ax.plot(row["sparsity"], row[metric], marker="s", ms=4, mfc="none", color=color, ls="")
+            ax.annotate(row["structure"], (row["sparsity"], row[metric]), fontsize=5,
+                        xytext=(3, 2), textcoords="offset points", color=color)
+    if highlight is not None:
+        method, sparsity = highlight
+        hit = frame[(frame["method"] == method) & ((frame["sparsity"] - sparsity).abs() < 0.02)]
+        if len(hit):
+            ax.plot(hit["sparsity"], hit[metric], marker="o", ms=10, mfc="none", mew=1.5,
+                    color=method_color("ours"), ls="", zorder=5)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel(ylabel or metric)
+    return ax

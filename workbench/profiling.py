@@ -250,3 +250,22 @@ class ActivationProfile:
     def fingerprint(self) -> str:
         """sha256 of the statistics and settings: equal profiles fingerprint alike."""
         return fingerprint_data(self.to_state())
+
+
+def cached_profile(model: nn.Module, calib: Tensor, include_first_token: bool = True,
+                   model_fp: str | None = None, store=None) -> ActivationProfile:
+    """profile_activations, saved under $WORKBENCH_CACHE/profiles/ keyed by the model's and the
+    calibration set's fingerprints (the `outliers` CLI's keys): computed once, then loaded."""
+    from workbench import cache
+
+    store = store or cache.ResultCache()
+    model_fp = model_fp or cache.fingerprint_model(model)
+    key = store.key({"step": "profile", "include_first_token": include_first_token},
+                    model_fp=model_fp, data_fp=fingerprint_data(calib))
+    path = cache.cache_root() / "profiles" / f"{key}.pt"
+    try:
+        return ActivationProfile.load(path)
+    except Exception:   # absent or damaged: recompute
+        profile = profile_activations(model, calib, include_first_token=include_first_token)
+        profile.save(path)
+        return profile

@@ -4,19 +4,41 @@ A pruned model is expensive (SparseGPT on the embedded model takes minutes), so 
 cached as safetensors under $WORKBENCH_CACHE/models/pruned/, keyed by the prune config, the base
 model's fingerprint and the calibration data's fingerprint. Every evaluated grid point is a
 ResultCache record; an interrupted sweep resumes without recomputing finished points.
+
+    grid = prune_grid({"sparsegpt": [0.5, 0.7], "magnitude": [0.5]}, structures=("2:4",))
+    frame = prune_sweep("smollm2-135m", grid, calib, {"ppl": {"seqlen": 512, "max_windows": 16}})
+
+Evaluation records (`evaluate_cached`) have the `eval` CLI's keys: a model scored once by the
+CLI, a sweep or the recovery driver is never scored again with the same settings.
 """
 
 from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 
 from workbench import cache
 from workbench.models import load_model
 from workbench.pruning import PruneConfig, prune_
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """cache.fingerprint_model, remembered per model object until one of its tensors is
+    changed in place (torch counts in-place writes in each tensor's _version): a sweep or an
+    explorer asks for its base model's fingerprint at every point, and hashing 0.5 GB of
+    weights takes a second or two."""
+    versions = tuple(t._version for t in model.state_dict().values())
+    seen = _FINGERPRINTS.get(model)
+    if seen is None or seen[0] != versions:
+        seen = (versions, cache.fingerprint_model(model))
+        _FINGERPRINTS[model] = seen
+    return seen[1]
 
 
 def _pruned_path(key: str):
@@ -120,3 +142,239 @@ def w8a8_table(model_name: str, calib: torch.Tensor, corpus, sparsities=(0.0, 0.
                 rows.append({"sparsity": sparsity, "smoothing": smoothing, "activations": act,
                              "perplexity": record["perplexity"]})
     return pd.DataFrame(rows)
+
+
+def selective_w8a8_table(model_name: str, calib: torch.Tensor, corpus, order: list[str],
+                         ks=(0, 1, 3, 10), sparsity: float = 0.0, smoothing: str = "none",
+                         activations: str = "per_tensor", label: str = "",
+                         prune_method: str = "sparsegpt", seqlen: int = 512,
+                         max_windows: int | None = 16, profile_samples: int = 32,
+                         store: cache.ResultCache | None = None):
+    """W8A8 perplexity when the first k layers of `order` (e.g. an outlier ranking) stay FP32,
+    for each k in ks. k = 0 is the fully quantized model: the same cached point as w8a8_table's.
+    Returns a DataFrame (k, label, kept, perplexity); every point is cached."""
+    import pandas as pd
+
+    from workbench.evaluate import perplexity
+    from workbench.profiling import profile_activations
+    from workbench.quant import QuantConfig, quantize_
+    from workbench.smoothing import smooth_
+
+    if any(k < 0 or k > len(order) for k in ks):
+        raise ValueError(f"every k must lie in [0, {len(order)}], got {list(ks)}")
+    store = store or cache.ResultCache()
+    base = load_model(model_name)
+    base_fp = cache.fingerprint_model(base[0])
+    data_fp = cache.fingerprint_data([cache.fingerprint_data(calib), corpus.fingerprint])
+    prune = PruneConfig(method=prune_method, sparsity=sparsity) if sparsity else None
+    model = profile = None
+    rows = []
+    for k in ks:
+        point = {"step": "w8a8-ppl", "prune": prune.to_dict() if prune else None,
+                 "smoothing": smoothing, "activations": activations, "seqlen": seqlen,
+                 "max_windows": max_windows, "profile_samples": profile_samples}
+        if k:   # absent for k = 0, so that point is w8a8_table's
+            point["keep_fp32"] = list(order[:k])
+        key = store.key(point, model_fp=base_fp, data_fp=data_fp)
+        record = store.get(key)
+        if record is None:
+            if model is None:
+                model, tok, _ = pruned_model(model_name, prune, calib, store, base=base)
+            m = copy.deepcopy(model)
+            choice = SmoothingChoice(smoothing).config()
+            if choice is not None:
+                if profile is None:
+                    profile = profile_activations(model, calib[:profile_samples])
+                smooth_(m, profile, choice)
+            quantize_(m, QuantConfig(activations=activations), plan=order[:k],
+                      calib=calib[:profile_samples] if activations == "per_tensor_static" else None)
+            res = perplexity(m, tok, corpus, seqlen=seqlen, max_windows=max_windows)
+            record = {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
+            store.put(key, record)
+        rows.append({"k": k, "label": label, "kept": ", ".join(order[:k]),
+                     "perplexity": record["perplexity"]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- scored models
+
+def task_inputs(task: str, settings: dict):
+    """The corpus or task a score is computed on (cheap to build; its fingerprint keys the cache).
+    task: "ppl" (pydoc eval split), "arith" / "arith2" (settings["kind"], settings["n"] test
+    items) or "gsm8k" (settings["n"] test items)."""
+    from workbench import data
+
+    if task == "ppl":
+        return data.perplexity_corpus("pydoc", "eval")
+    if task in ("arith", "arith2"):
+        return data.arith_task(settings["kind"], "test", n=settings["n"])
+    if task == "gsm8k":
+        return data.gsm8k("test", n=settings["n"])
+    raise ValueError(f"unknown task {task!r}; choose from ppl, arith, arith2, gsm8k")
+
+
+def evaluate_cached(store: cache.ResultCache, model, tokenizer, model_fp: str, task: str,
+                    settings: dict, refresh: bool = False) -> tuple[dict, bool]:
+    """(record, cached): the score of the model with fingerprint model_fp on task. The record
+    is {"metric", "value", "detail", "config", "data_fingerprint"}, keyed as the eval CLI's."""
+    from workbench import evaluate
+
+    config = {"step": "eval", "task": task, "settings": settings}
+    inputs = task_inputs(task, settings)
+    key = store.key(config, model_fp=model_fp, data_fp=inputs.fingerprint)
+    record = None if refresh else store.get(key)
+    if record is not None:
+        return record, True
+    if task == "ppl":
+        r = evaluate.perplexity(model, tokenizer, inputs, seqlen=settings["seqlen"],
+                                max_windows=settings["max_windows"])
+        result = {"metric": "perplexity", "value": r.perplexity, "detail": r.to_dict()}
+    else:
+        r = evaluate.task_accuracy(model, tokenizer, inputs, fewshot=settings["fewshot"])
+        result = {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
+    record = {**result, "config": config, "data_fingerprint": inputs.fingerprint}
+    store.put(key, record)
+    return record, False
+
+
+# ---------------------------------------------------------------- the sparsity sweep
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The sparsity sweep of notebooks 02 and 06: per-method unstructured sparsities, N:M
+    structures, calibration windows and scores ({task: settings}, see evaluate_cached).
+
+    Sized for the machine: SparseGPT takes ~140 s a point with 32 windows of 512 tokens on 2
+    cores, Wanda ~80 s, magnitude seconds; each point's scores add about a minute."""
+    levels: dict = field(default_factory=lambda: {
+        "sparsegpt": [0.3, 0.5, 0.7, 0.9], "wanda": [0.3, 0.5, 0.7, 0.9],
+        "magnitude": [0.1, 0.3, 0.5, 0.7, 0.9]})
+    structures: tuple[str, ...] = ("2:4", "4:8")
+    nsamples: int = 32
+    seqlen: int = 512
+    tasks: dict = field(default_factory=lambda: {
+        "ppl": {"seqlen": 512, "max_windows": 16},
+        "arith": {"kind": "one_step", "n": 48, "fewshot": 3}})
+
+    @classmethod
+    def quick(cls) -> SweepConfig:
+        """Minutes: the points `prune --quick` prunes (16 windows), 8 perplexity windows and
+        16 arith items."""
+        return cls(levels={"sparsegpt": [0.5], "wanda": [0.5], "magnitude": [0.5, 0.7]},
+                   structures=("2:4",), nsamples=16,
+                   tasks={"ppl": {"seqlen": 512, "max_windows": 8},
+                          "arith": {"kind": "one_step", "n": 16, "fewshot": 3}})
+
+    def grid(self) -> list[PruneConfig]:
+        return prune_grid(self.levels, self.structures)
+
+    def calibration(self, tokenizer) -> torch.Tensor:
+        from workbench import data
+
+        return data.calibration_set(tokenizer, "pydoc", nsamples=self.nsamples, seqlen=self.seqlen)
+
+    def to_dict(self) -> dict:
+        return {"levels": self.levels, "structures": list(self.structures),
+                "nsamples": self.nsamples, "seqlen": self.seqlen, "tasks": self.tasks}
+
+
+def prune_grid(levels: dict[str, list[float]], structures=()) -> list[PruneConfig]:
+    """PruneConfigs: each method at its unstructured sparsities, then at each N:M structure.
+    levels: {"sparsegpt": [0.5, 0.7], "magnitude": [0.1, 0.3]}; a method with an empty list
+    still gets the structures. Sparsity 0 is left out: the dense row is always there."""
+    grid = [PruneConfig(method=m, sparsity=float(s)) for m, ss in levels.items() for s in ss if s]
+    grid += [PruneConfig(method=m, structure=st) for m in levels for st in structures]
+    return grid
+
+
+def _scored_model(model_name: str, config: PruneConfig | None, calib: torch.Tensor,
+                  store: cache.ResultCache, base, quant=None):
+    """(model, tokenizer, prune summary): pruned (cached weights), then W8A8 fake-quantized
+    when quant (a QuantConfig) is given."""
+    model, tok, summary = pruned_model(model_name, config, calib, store, base=base)
+    if quant is not None:
+        from workbench.quant import quantize_
+
+        quantize_(model, quant, calib=calib[:32] if quant.static else None)
+    model.eval()
+    return model, tok, summary
+
+
+def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor, tasks: dict,
+                store: cache.ResultCache | None = None, base=None, quant=None) -> dict:
+    """One row of the sparsity sweep: prune (or read the cached weights), optionally W8A8
+    fake-quantize (quant: a QuantConfig), score on every task of tasks ({task: settings}).
+    config None is the dense model. The whole row is cached, and so is each score."""
+    store = store or cache.ResultCache()
+    base = base or load_model(model_name)
+    base_fp = base_fingerprint(base[0])
+    calib_fp = cache.fingerprint_data(calib)
+    qdict = quant.to_dict() if quant is not None else None
+    spec = {"step": "prune-sweep", "prune": config.to_dict() if config else None,
+            "tasks": tasks, "quant": qdict}
+    key = store.key(spec, model_fp=base_fp, data_fp=calib_fp)
+    record = store.get(key)
+    if record is None:
+        model, tok, summary = _scored_model(model_name, config, calib, store, base, quant)
+        model_fp = cache.fingerprint_model(model)
+        metrics = {task: evaluate_cached(store, model, tok, model_fp, task, settings)[0]["value"]
+                   for task, settings in tasks.items()}
+        errors = [r["rel_error"] for r in summary.get("layers", []) if r["rel_error"] is not None]
+        record = {"sparsity": summary["sparsity"], "prune_s": summary["seconds"],
+                  "mean_rel_error": sum(errors) / len(errors) if errors else None,
+                  "model_fingerprint": model_fp, "metrics": metrics}
+        store.put(key, record)
+    return {"method": config.method if config else "dense",
+            "structure": config.structure if config else "-",
+            "target": config.sparsity if config else 0.0, "sparsity": record["sparsity"],
+            "quant": "int8" if quant is not None else "fp32", **record["metrics"],
+            "prune_s": record["prune_s"], "mean_rel_error": record["mean_rel_error"]}
+
+
+def prune_sweep(model_name: str, grid: list[PruneConfig], calib: torch.Tensor, tasks: dict,
+                store: cache.ResultCache | None = None, quant=None, on_row=None):
+    """The dense row, then prune_point for every config of grid: a DataFrame with columns
+    method, structure, target, sparsity (reached), quant, one per task, prune_s, mean_rel_error.
+    on_row(row) is called as each row is ready (for progress)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    store = store or cache.ResultCache()
+    base = load_model(model_name)
+    rows = []
+    for config in tqdm([None, *grid], desc="sparsity sweep", leave=False):
+        rows.append(prune_point(model_name, config, calib, tasks, store, base=base, quant=quant))
+        if on_row is not None:
+            on_row(rows[-1])
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- a sample generation
+
+def generation_sample(model_name: str, config: PruneConfig | None, calib: torch.Tensor,
+                      prompt: str, max_new_tokens: int = 48, quant=None,
+                      store: cache.ResultCache | None = None, base=None,
+                      compute: bool = True) -> str | None:
+    """The greedy chat completion of prompt by the model of one sweep point (pruned weights
+    from the cache, W8A8 when quant is given). Cached per point and prompt; compute=False
+    returns None instead of generating when it is not cached yet."""
+    store = store or cache.ResultCache()
+    base = base or load_model(model_name)
+    spec = {"step": "sample", "prune": config.to_dict() if config else None, "prompt": prompt,
+            "max_new_tokens": max_new_tokens, "quant": quant.to_dict() if quant else None}
+    key = store.key(spec, model_fp=base_fingerprint(base[0]), data_fp=cache.fingerprint_data(calib))
+    record = store.get(key)
+    if record is None:
+        if not compute:
+            return None
+        model, tok, _ = _scored_model(model_name, config, calib, store, base, quant)
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                       add_generation_prompt=True, tokenize=False)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids   # [1, L]
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
+                                 top_k=None)                                        # [1, L + new]
+        record = {**spec, "completion": tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)}
+        store.put(key, record)
+    return record["completion"]

@@ -1,0 +1,130 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Smoothing and INT8: SmoothQuant, LAE and selective quantization
+#
+# W8A8 fake-quantization (per-channel INT8 weights; per-token or per-tensor INT8 activations)
+# of the dense and the 50% SparseGPT model. Smoothing moves activation range into the weights
+# through the preceding norm, leaving the function unchanged: SmoothQuant with scale
+# s = max|X|^α / max|W|^(1−α) (Xiao et al. 2023), LAE with a logarithmic equalization. Then the
+# cheaper fix for what smoothing cannot reach (the `down_proj` inputs, see notebook 01): keep the
+# top-k outlier layers in FP32.
+#
+# The grid contains `python -m workbench quant`'s points (a `make reproduce` step), which are
+# read from the cache; full mode adds more SmoothQuant α values.
+
+# %% tags=["parameters"]
+import os
+
+QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
+MODEL = "smollm2-135m"
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from workbench import cache, data, load_model, plots, tables
+from workbench.outliers import cached_layer_sensitivity, rank_outlier_layers
+from workbench.profiling import cached_profile
+from workbench.quant import QuantConfig
+from workbench.sweep import selective_w8a8_table, w8a8_table
+
+plots.use_style()
+# The quant CLI's settings: 128 calibration windows (16 quick), 16 perplexity windows (4 quick).
+NSAMPLES, WINDOWS = (16, 4) if QUICK else (128, 16)
+ALPHAS = [0.5, 0.8] if QUICK else [0.3, 0.5, 0.65, 0.8]
+SPARSITIES = [0.0, 0.5]
+KS = [0, 3, 10] if QUICK else [0, 1, 3, 10, 30]
+model, tok = load_model(MODEL)
+calib = data.calibration_set(tok, "pydoc", nsamples=NSAMPLES, seqlen=512)
+corpus = data.perplexity_corpus("pydoc", "eval")
+
+# %% [markdown]
+# ## None vs SmoothQuant (α sweep) vs LAE
+# Each point: prune (cached weights), profile, smooth, fake-quantize, perplexity.
+
+# %%
+smoothings = ["none", *(f"smoothquant:{a}" for a in ALPHAS), "lae"]
+w8a8 = w8a8_table(MODEL, calib, corpus, sparsities=SPARSITIES, smoothings=smoothings,
+                  activations=["per_token", "per_tensor"], max_windows=WINDOWS)
+wide = w8a8.pivot_table(index=["smoothing", "activations"], columns="sparsity",
+                        values="perplexity", sort=False)
+wide.columns = [f"ppl @ {c:.0%} sparse" for c in wide.columns]
+config = {"model": MODEL, "calib_nsamples": NSAMPLES, "max_windows": WINDOWS,
+          "weights": "per_channel", "prune": "sparsegpt"}
+tables.save_table(wide, "w8a8_smoothing", caption="W8A8 perplexity with and without smoothing",
+                  label="tab:w8a8", float_format=".2f", config=config);
+wide
+
+# %%
+fig, axes = plots.figure(columns=2, ncols=2, sharey=False)
+sq = w8a8[w8a8.smoothing.str.startswith("smoothquant")].assign(
+    alpha=lambda f: f.smoothing.str.split(":").str[1].astype(float))
+for ax, act in zip(axes, ("per_token", "per_tensor")):
+    for sparsity, color in zip(SPARSITIES, (plots.method_color("dense"), plots.method_color("sparsegpt"))):
+        at = w8a8[w8a8.sparsity == sparsity]
+        part = sq[(sq.sparsity == sparsity) & (sq.activations == act)].sort_values("alpha")
+        ax.plot(part.alpha, part.perplexity, marker="o", ms=3, color=color,
+                label=f"SmoothQuant, {sparsity:.0%} sparse")
+        for smoothing, style in (("none", ":"), ("lae", "-.")):
+            value = at[(at.smoothing == smoothing) & (at.activations == act)].perplexity.iloc[0]
+            ax.axhline(value, color=color, ls=style, lw=0.8,
+                       label=f"{'no smoothing' if smoothing == 'none' else 'LAE'}, {sparsity:.0%}")
+        ax.axhline(at[at.smoothing == "fp32"].perplexity.iloc[0], color=color, ls="--", lw=0.5,
+                   alpha=0.6, label=f"FP32, {sparsity:.0%}")
+    ax.set_title(f"activations {act.replace('_', '-')}")
+    ax.set_xlabel("SmoothQuant α")
+axes[0].set_ylabel("perplexity (pydoc)")
+axes[1].legend(fontsize=5, ncol=2)
+plots.save_figure(fig, "w8a8_smoothing", config=config);
+
+# %% [markdown]
+# ## Selective quantization: keep the top-k outlier layers in FP32
+# Per-tensor activations without smoothing, where the outliers hurt most. Two orders: the range
+# heuristic from notebook 01's profile and the measured one-layer sensitivity (both cached by
+# `python -m workbench outliers --measure`). k = 0 is the fully quantized model.
+
+# %%
+model_fp = cache.fingerprint_model(model)
+profile_calib = data.calibration_set(tok, "pydoc", nsamples=4 if QUICK else 32, seqlen=512)
+heuristic = rank_outlier_layers(cached_profile(model, profile_calib, model_fp=model_fp), k=10)
+measured = cached_layer_sensitivity(model, profile_calib[:2], QuantConfig(activations="per_tensor"),
+                                    model_fp=model_fp)
+orders = {"range heuristic": list(heuristic.frame["name"]), "measured": measured.top(len(measured.frame))}
+selective = pd.concat([selective_w8a8_table(MODEL, calib, corpus, order, ks=KS,
+                                            activations="per_tensor", max_windows=WINDOWS,
+                                            label=label)
+                       for label, order in orders.items()], ignore_index=True)
+selective.pivot_table(index="k", columns="label", values="perplexity")
+
+# %%
+fig, ax = plots.figure(columns=1)
+for (label, part), color in zip(selective.groupby("label", sort=False),
+                                (plots.method_color("sparsegpt"), plots.method_color("ours"))):
+    ax.plot(part.k, part.perplexity, marker="o", ms=3, color=color, label=f"top-k by {label}")
+dense = w8a8[w8a8.sparsity == 0]
+ax.axhline(dense[dense.smoothing == "fp32"].perplexity.iloc[0], color=plots.method_color("dense"),
+           ls="--", lw=0.8, label="FP32")
+ax.axhline(dense[(dense.smoothing == "none") & (dense.activations == "per_token")].perplexity.iloc[0],
+           color=plots.method_color("dense"), ls=":", lw=0.8, label="W8A8 per-token")
+ax.set_xscale("symlog", linthresh=1)
+ax.set_xlabel("layers kept in FP32 (k)")
+ax.set_ylabel("perplexity, W8A8 per-tensor")
+ax.legend()
+plots.save_figure(fig, "selective_quantization", config={**config, "ks": KS});
+tables.save_table(selective[["label", "k", "perplexity"]], "selective_quantization", float_format=".2f",
+                  caption="W8A8 (per-tensor) perplexity with the top-k outlier layers in FP32",
+                  label="tab:selective", config={**config, "ks": KS});
+
+# %%
+plt.close("all")

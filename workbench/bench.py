@@ -1,0 +1,275 @@
+"""Decode and prefill speed of whole models, side by side in one run.
+
+    python -m workbench bench decode [--threads 1,2] [--batches 1,8] [--quick]
+    python -m workbench bench kernels          # = benchmarks/kernels.py
+
+`tokens_per_sec(system, ...)` times one system: prefill of a prompt [batch, prompt_len], then
+new_tokens greedy decode steps, after a warm-up, median over repeats; prefill and decode
+tokens/s are reported separately. Systems (each a `System` with prefill and decode_step):
+
+  hf-fp32        Hugging Face model, its own forward and KV cache (what `generate` runs per
+                 token, minus sampling bookkeeping)
+  hf-int8        the same with torch dynamic INT8 Linear layers (quantize_dynamic)
+  ours-fp32      our lean loop (workbench.runtime) with FP32 weights: loop overhead alone
+  ours-int8      our loop, dense INT8 kernels
+  ours-sparse-S  our loop, weights magnitude-pruned to S per row, bitmask-sparse INT8 kernels
+
+Every system runs in its own subprocess so its peak RSS is its own. Sparse models for speed
+use magnitude pruning: the kernels' speed depends on the sparsity pattern's density, not on
+which weights survive. `shape_model(...)` builds random-weight Llama models with 7B or 1.1B
+shapes and k decoder layers (labelled "random-weight shape model" in every output): FP32 7B
+does not fit in 24 GB, so time per token is measured at k = 2, 4, 8 layers and extrapolated
+to the real depth with a least-squares line (intercept = embedding, head and loop overhead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+SHAPES = {  # random-weight shape models (hidden, intermediate, layers, heads, kv heads, vocab)
+    "llama2-7b-shape": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "tinyllama-1.1b-shape": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                 num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
+}
+
+
+@dataclass
+class SpeedResult:
+    system: str
+    model: str
+    batch: int
+    threads: int
+    prompt_len: int
+    new_tokens: int
+    prefill_tok_s: float
+    decode_tok_s: float
+    decode_ms_per_token: float
+    peak_rss_mb: float = 0.0
+    weight_mb: float = 0.0
+
+
+class System:
+    """prefill(ids [B, T]) -> logits [B, V]; decode_step(tokens [B]) -> logits [B, V]."""
+
+    def __init__(self, prefill, decode_step, weight_bytes: int = 0):
+        self.prefill, self.decode_step, self.weight_bytes = prefill, decode_step, weight_bytes
+
+
+def hf_system(model) -> System:
+    """A Hugging Face causal LM with its own KV cache, stepped token by token."""
+    state = {}
+
+    @torch.inference_mode()
+    def prefill(ids):
+        out = model(input_ids=ids, use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def decode_step(tokens):
+        out = model(input_ids=tokens.reshape(-1, 1), past_key_values=state["past"], use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[:, -1]
+
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return System(prefill, decode_step, nbytes)
+
+
+def runtime_system(packed, new_tokens: int) -> System:
+    """Our lean loop; its KV cache is sized for the prompt plus new_tokens decode steps."""
+    return System(lambda ids: packed.prefill(ids, max_new_tokens=new_tokens),
+                  packed.decode_step, packed.nbytes)
+
+
+def tokens_per_sec(system: System, vocab: int, batch: int = 1, prompt_len: int = 128,
+                   new_tokens: int = 128, warmup: int = 1, repeats: int = 3,
+                   seed: int = 0) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s), medians over repeats after warm-up runs. The
+    prompt is random token ids; decoding is greedy."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, prompt_len), generator=g)
+    pre, dec = [], []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        logits = system.prefill(ids)
+        t1 = time.perf_counter()
+        for _ in range(new_tokens):
+            logits = system.decode_step(logits.argmax(-1))
+        t2 = time.perf_counter()
+        if i >= warmup:
+            pre.append(t1 - t0)
+            dec.append(t2 - t1)
+    return batch * prompt_len / statistics.median(pre), batch * new_tokens / statistics.median(dec)
+
+
+# ---------------------------------------------------------------- models
+
+def shape_model(name: str, layers: int, seed: int = 0):
+    """A random-weight Llama with the named shapes and `layers` decoder layers (FP32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if name not in SHAPES:
+        raise ValueError(f"unknown shape model {name!r}; choose one of {sorted(SHAPES)}")
+    config = LlamaConfig(**{**SHAPES[name], "num_hidden_layers": layers},
+                         max_position_embeddings=2048, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def magnitude_sparsify_(model, sparsity: float) -> None:
+    """Zero the smallest-|w| fraction of every row of every decoder Linear (in place)."""
+    from workbench.arch import layer_linears
+
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    with torch.no_grad():
+        for lin in layer_linears(model).values():
+            k = round(sparsity * lin.in_features)
+            if k:
+                drop = lin.weight.abs().topk(k, dim=1, largest=False).indices
+                lin.weight.scatter_(1, drop, 0.0)
+
+
+def check_system(kind: str) -> None:
+    """ValueError unless kind names a system (before any model is built)."""
+    if kind in ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8"):
+        return
+    if kind.startswith("ours-sparse-"):
+        try:
+            sparsity = float(kind.rsplit("-", 1)[1])
+        except ValueError:
+            sparsity = -1.0
+        if 0 <= sparsity < 1:
+            return
+    raise ValueError(f"unknown system {kind!r}: hf-fp32, hf-int8, ours-fp32, ours-int8 or "
+                     "ours-sparse-<sparsity in [0, 1)>")
+
+
+def build_system(kind: str, model_name: str, layers: int | None = None,
+                 new_tokens: int = 128) -> tuple[System, int]:
+    """(System, vocab) for one configuration; kind as in the module docstring."""
+    check_system(kind)
+    if model_name in SHAPES:
+        model = shape_model(model_name, layers or 2)
+    else:
+        from workbench.models import load_model
+
+        model, _ = load_model(model_name)
+    vocab = model.config.vocab_size
+    if kind == "hf-fp32":
+        return hf_system(model), vocab
+    if kind == "hf-int8":
+        from torch.ao.quantization import quantize_dynamic
+
+        return hf_system(quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)), vocab
+    from workbench import runtime
+
+    if kind == "ours-fp32":
+        return runtime_system(runtime.PackedModel.from_fp32(model), new_tokens), vocab
+    if kind == "ours-int8":
+        return runtime_system(runtime.pack(model, format="dense"), new_tokens), vocab
+    if kind.startswith("ours-sparse-"):
+        magnitude_sparsify_(model, float(kind.rsplit("-", 1)[1]))
+        return runtime_system(runtime.pack(model, format="sparse"), new_tokens), vocab
+    raise AssertionError(kind)                          # check_system let an unknown kind by
+
+
+def measure(kind: str, model_name: str, batches: list[int], threads: list[int], prompt_len: int,
+            new_tokens: int, layers: int | None = None, repeats: int = 3) -> list[SpeedResult]:
+    """Every (batch, threads) of one system, built once, in this process. Peak RSS is the
+    process's (see run_isolated)."""
+    system, vocab = build_system(kind, model_name, layers, new_tokens)
+    label = model_name if layers is None else f"{model_name} ({layers} layers, random weights)"
+    out = []
+    for t in threads:
+        torch.set_num_threads(t)
+        os.environ["WORKBENCH_NUM_THREADS"] = str(t)
+        for b in batches:
+            pre, dec = tokens_per_sec(system, vocab, b, prompt_len, new_tokens, repeats=repeats)
+            out.append(SpeedResult(kind, label, b, t, prompt_len, new_tokens, pre, dec,
+                                   1e3 * b / dec,
+                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                   system.weight_bytes / 2**20))
+    return out
+
+
+def run_isolated(**kwargs) -> list[SpeedResult]:
+    """measure(...) in a fresh Python process: its peak RSS is this system's alone."""
+    code = ("import json, sys; from dataclasses import asdict; from workbench.bench import measure; "
+            "print('RESULT' + json.dumps([asdict(r) for r in measure(**json.loads(sys.argv[1]))]))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(kwargs)], capture_output=True,
+                          text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"benchmark of {kwargs} failed:\n{done.stderr[-2000:]}")
+    return [SpeedResult(**r) for r in json.loads(lines[-1][len("RESULT"):])]
+
+
+def extrapolate(layers: list[int], ms_per_token: list[float], depth: int) -> dict:
+    """Least-squares line ms = a + b * layers and its value at `depth` layers."""
+    n = len(layers)
+    mx, my = sum(layers) / n, sum(ms_per_token) / n
+    b = (sum((x - mx) * (y - my) for x, y in zip(layers, ms_per_token, strict=True))
+         / sum((x - mx) ** 2 for x in layers))
+    a = my - b * mx
+    return {"intercept_ms": a, "ms_per_layer": b, "depth": depth, "ms_per_token": a + b * depth,
+            "tok_s": 1e3 / (a + b * depth)}
+
+
+EMBEDDED_SYSTEMS = ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8", "ours-sparse-0.5",
+                    "ours-sparse-0.7", "ours-sparse-0.8", "ours-sparse-0.9")
+SHAPE_SYSTEMS = ("ours-fp32", "ours-int8", "ours-sparse-0.7", "ours-sparse-0.8")
+
+
+def run_decode(model: str = "smollm2-135m", systems=EMBEDDED_SYSTEMS, batches=(1, 8),
+               threads=(1, 2), prompt_len: int = 128, new_tokens: int = 128, repeats: int = 3,
+               shape_models=("llama2-7b-shape",), shape_layers=(2, 4, 8), shape_systems=SHAPE_SYSTEMS,
+               log=print) -> dict:
+    """The decode table of the embedded model and the extrapolated shape-model table.
+    Returns {"rows": [...], "fits": [...]}, one row per system x batch x threads."""
+    rows, fits = [], []
+    for kind in systems:
+        for r in run_isolated(kind=kind, model_name=model, batches=list(batches),
+                              threads=list(threads), prompt_len=prompt_len,
+                              new_tokens=new_tokens, repeats=repeats):
+            rows.append(asdict(r))
+            log(_line(r))
+    for name in shape_models:
+        per: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for layers in shape_layers:
+            for kind in shape_systems:
+                for r in run_isolated(kind=kind, model_name=name, batches=[1], threads=list(threads),
+                                      prompt_len=16, new_tokens=32, repeats=2, layers=layers):
+                    rows.append({**asdict(r), "layers": layers})
+                    per.setdefault((kind, r.threads), []).append((layers, r.decode_ms_per_token))
+                    log(_line(r))
+        depth = SHAPES[name]["num_hidden_layers"]
+        for (kind, t), points in per.items():
+            fit = extrapolate([p[0] for p in points], [p[1] for p in points], depth)
+            fits.append({"model": f"{name} (random weights)", "system": kind, "threads": t,
+                         "measured_layers": [p[0] for p in points],
+                         "measured_ms": [p[1] for p in points], **fit})
+    return {"rows": rows, "fits": fits}
+
+
+def _line(r: SpeedResult) -> str:
+    return (f"{r.model:<42} {r.system:<16} b={r.batch} t={r.threads}: prefill "
+            f"{r.prefill_tok_s:8.1f} tok/s  decode {r.decode_tok_s:7.1f} tok/s "
+            f"({r.decode_ms_per_token:.2f} ms/token)  peak RSS {r.peak_rss_mb:.0f} MB")
+
+
+__all__ = ["check_system", "EMBEDDED_SYSTEMS", "SHAPES", "SHAPE_SYSTEMS", "run_decode", "SpeedResult", "System", "build_system", "extrapolate", "hf_system",
+           "magnitude_sparsify_", "measure", "run_isolated", "runtime_system", "shape_model",
+           "tokens_per_sec"]
