@@ -69,9 +69,9 @@ rankings[True].frame.head(K)
 
 # %%
 fig, axes = plots.figure(columns=2, height=2.8, ncols=2, sharey=True)
-for ax, first in zip(axes, (True, False)):
+for ax, first in zip(axes, (True, False), strict=False):
     top = rankings[first].frame.head(K)
-    labels = [f"{layer}.{module.split('.')[-1]}" for layer, module in zip(top.layer, top.module)]
+    labels = [f"{layer}.{module.split('.')[-1]}" for layer, module in zip(top.layer, top.module, strict=False)]
     ax.bar(range(K), top["range"], color=plots.method_color("sparsegpt"))
     ax.set_yscale("log")
     ax.set_xticks(range(K), labels, rotation=60, ha="right")
@@ -91,7 +91,7 @@ grids = {first: profiles[first].to_frame().pivot(index="module", columns="layer"
 lo, hi = (np.log10(min(g.min().min() for g in grids.values())),
           np.log10(max(g.max().max() for g in grids.values())))   # one colour scale for both
 fig, axes = plots.figure(columns=2, height=3.0, nrows=2, sharex=True)
-for ax, first in zip(axes, (True, False)):
+for ax, first in zip(axes, (True, False), strict=False):
     image = ax.imshow(np.log10(grids[first].to_numpy()), aspect="auto", cmap="viridis",
                       vmin=lo, vmax=hi)
     ax.set_yticks(range(len(grids[first].index)), grids[first].index)

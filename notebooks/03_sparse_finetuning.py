@@ -62,7 +62,7 @@ COLORS = {"sparsegpt": plots.method_color("sparsegpt"), "CE": plots.method_color
           "SquareHead+CE": plots.method_color("squarehead")}
 LABELS = {"sparsegpt": "one-shot SparseGPT", "CE": "CE", "SquareHead+CE": "SquareHead + CE"}
 fig, axes = plots.figure(columns=2, ncols=2)
-for ax, column, label in zip(axes, ("arith_acc", "ppl"), ("arith accuracy (1-step)", "perplexity (pydoc)")):
+for ax, column, label in zip(axes, ("arith_acc", "ppl"), ("arith accuracy (1-step)", "perplexity (pydoc)"), strict=False):
     for stage, style in (("base", ":"), ("teacher", "--")):
         value = table.loc[table["stage"] == stage, column].iloc[0]
         ax.axhline(value, color=plots.method_color("dense"), ls=style, lw=0.8,
@@ -90,7 +90,7 @@ sft = losses[losses["stage"] == "teacher"]
 axes[0].plot(sft["step"], sft["ce"], color=plots.method_color("dense"))
 axes[0].set_title("teacher SFT")
 axes[0].set_ylabel("cross-entropy")
-for ax, (sparsity, part) in zip(axes[1:], students.groupby("sparsity")):
+for ax, (sparsity, part) in zip(axes[1:], students.groupby("sparsity"), strict=False):
     for method, run in part.groupby("method", sort=False):
         ax.plot(run["step"], run["ce"], color=COLORS[method], label=LABELS[method])
     ax.set_title(f"{sparsity:.0%} sparse")

@@ -70,8 +70,8 @@ wide
 fig, axes = plots.figure(columns=2, ncols=2, sharey=False)
 sq = w8a8[w8a8.smoothing.str.startswith("smoothquant")].assign(
     alpha=lambda f: f.smoothing.str.split(":").str[1].astype(float))
-for ax, act in zip(axes, ("per_token", "per_tensor")):
-    for sparsity, color in zip(SPARSITIES, (plots.method_color("dense"), plots.method_color("sparsegpt"))):
+for ax, act in zip(axes, ("per_token", "per_tensor"), strict=False):
+    for sparsity, color in zip(SPARSITIES, (plots.method_color("dense"), plots.method_color("sparsegpt")), strict=False):
         at = w8a8[w8a8.sparsity == sparsity]
         part = sq[(sq.sparsity == sparsity) & (sq.activations == act)].sort_values("alpha")
         ax.plot(part.alpha, part.perplexity, marker="o", ms=3, color=color,
@@ -110,7 +110,7 @@ selective.pivot_table(index="k", columns="label", values="perplexity")
 # %%
 fig, ax = plots.figure(columns=1)
 for (label, part), color in zip(selective.groupby("label", sort=False),
-                                (plots.method_color("sparsegpt"), plots.method_color("ours"))):
+                                (plots.method_color("sparsegpt"), plots.method_color("ours")), strict=False):
     ax.plot(part.k, part.perplexity, marker="o", ms=3, color=color, label=f"top-k by {label}")
 dense = w8a8[w8a8.sparsity == 0]
 ax.axhline(dense[dense.smoothing == "fp32"].perplexity.iloc[0], color=plots.method_color("dense"),

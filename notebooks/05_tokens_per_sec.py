@@ -52,10 +52,10 @@ kernels.head()
 
 # %%
 b1 = kernels[(kernels.batch == 1) & (kernels.threads == 1)]
-shapes = list(dict.fromkeys(zip(b1["out"], b1["in"])))
+shapes = list(dict.fromkeys(zip(b1["out"], b1["in"], strict=False)))
 s_fine = np.linspace(0, 0.95, 96)
 fig, axes = plots.figure(columns=2, height=2.4, ncols=len(shapes), sharey=True)
-for ax, (out_f, in_f) in zip(np.atleast_1d(axes), shapes):
+for ax, (out_f, in_f) in zip(np.atleast_1d(axes), shapes, strict=False):
     part = b1[(b1["out"] == out_f) & (b1["in"] == in_f)].sort_values("sparsity")
     ax.plot(s_fine, [roofline.speedup_ceiling("sparse", s) for s in s_fine], ":",
             color=plots.method_color("ours"), lw=0.8, label="sparse ceiling 4/(0.125+d)")
@@ -107,7 +107,7 @@ else:
     threads = sorted(speed["threads"].unique()) if "threads" in speed else [None]
     fig, axes = plots.figure(columns=2 if len(threads) > 1 else 1, ncols=len(threads), sharey=True,
                              squeeze=False)
-    for ax, t in zip(axes[0], threads):
+    for ax, t in zip(axes[0], threads, strict=False):
         part = speed[speed["threads"] == t] if t is not None else speed
         ax.plot(s_fine, [roofline.speedup_ceiling("auto", s) for s in s_fine], ":",
                 color=plots.method_color("ours"), lw=0.8, label="bytes ceiling")
