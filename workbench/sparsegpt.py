@@ -50,7 +50,9 @@ def _prepare_hessian(W: torch.Tensor, H: torch.Tensor, percdamp: float,
     for _ in range(max_tries):
         L, info = torch.linalg.cholesky_ex(H + damp * eye)
         if info == 0:
-            Hinv = torch.cholesky_inverse(L)                                     # H⁻¹ [cols, cols]
+            # H⁻¹ [cols, cols]. cholesky_solve, not cholesky_inverse: same result to rounding,
+            # but MKL's potri took ~1 s for 576 columns on AMD Zen 3 where this takes ~30 ms.
+            Hinv = torch.cholesky_solve(eye, L)
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if info == 0:
                 return U
