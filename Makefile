@@ -10,7 +10,7 @@ STAMP := $(VENV)/.workbench-setup
 SETUP_INPUTS := pyproject.toml setup.py $(wildcard kernels_cy/*.pyx kernels_cy/*.pxd kernels_cy/*.h kernels_cy/*.c)
 PYTEST_ARGS ?=
 
-.PHONY: setup reproduce notebooks explorer test test-notebooks test-fast asan bench-kernels lab lint clean-build
+.PHONY: setup reproduce experiments bench notebooks explorer test test-notebooks test-fast asan bench-kernels peers lab lint clean-build
 
 setup: $(STAMP)
 
@@ -26,32 +26,45 @@ $(STAMP): $(SETUP_INPUTS)
 	$(BIN)/python -c "import workbench.kernels as k; print('kernels:', k.cpu_features())"
 	touch $(STAMP)
 
-# The main job on the embedded model: dense evaluation, the pruning table, the W8A8 smoothing
-# table and the outlier-layer ranking, all into results/. Every point is cached, so a re-run
-# (or a resumed, interrupted run) recomputes nothing it already has.
-# The recovery experiment's arguments; notebook 03 reads back the run made with them.
-DISTILL_ARGS ?= --sparsities 0.5,0.7
-reproduce: setup
+# The main job: notebooks 01-05 headless on the embedded model, regenerating every figure and
+# table in results/figures and results/tables (45 minutes on a fresh cache on 2 cores; minutes
+# when cached). Every point goes through the result cache, so a re-run (or a resumed,
+# interrupted run) recomputes nothing it already has. WORKBENCH_QUICK=1 is the smoke-test size.
+reproduce: setup notebooks
+
+# The larger runs behind results/{eval,pruning,w8a8,outliers,distill} (hours on 2 cores):
+# full-split perplexity, 128 calibration windows, the 100-item recovery experiment.
+EXPERIMENT_DISTILL_ARGS ?= --sparsities 0.5,0.7
+experiments: setup
 	$(BIN)/python -m workbench eval --model smollm2-135m --tasks ppl,arith
 	$(BIN)/python -m workbench prune --methods sparsegpt,wanda,magnitude --sparsities 0.5 \
 		--structures unstructured,2:4 --tasks ppl --name smollm2-135m-50
 	$(BIN)/python -m workbench quant --sparsities 0,0.5 --max-windows 16
 	$(BIN)/python -m workbench outliers --measure --measure-samples 2 --nsamples 32
-	$(BIN)/python -m workbench distill $(DISTILL_ARGS)
-	$(MAKE) notebooks
+	$(BIN)/python -m workbench distill $(EXPERIMENT_DISTILL_ARGS)
+
+# Speed benchmarks (need an idle machine): kernels and whole-model decode into results/kernels
+# and results/decode, which notebook 05 plots.
+bench: setup
+	$(BIN)/python benchmarks/kernels.py $(BENCH_ARGS)
+	$(BIN)/python -m workbench bench decode $(BENCH_ARGS)
 
 # Notebooks 01-05 run headless (the .py files are the source; the .ipynb is generated here),
-# reading the caches the lines above filled; figures and tables go to results/ (or
-# $WORKBENCH_RESULTS), executed copies to build/notebooks/ (not committed).
+# each printing its wall time; figures and tables go to results/ (or $WORKBENCH_RESULTS),
+# executed copies to build/notebooks/ (not committed). DISTILL_ARGS='...' overrides notebook
+# 03's recovery run (e.g. $(EXPERIMENT_DISTILL_ARGS) to plot the `make experiments` run).
 NOTEBOOKS := 01_activation_ranges 02_pruning_sweep 03_sparse_finetuning 04_smoothing_int8 05_tokens_per_sec
 NB_BUILD := build/notebooks
 notebooks: setup
 	mkdir -p $(NB_BUILD)
 	set -e; for nb in $(NOTEBOOKS); do \
+		start=$$(date +%s); \
 		$(BIN)/jupytext --quiet --to ipynb -o $(NB_BUILD)/$$nb.ipynb notebooks/$$nb.py; \
-		extra=(); [ $$nb != 03_sparse_finetuning ] || extra=(-y "DISTILL_ARGS: '$(DISTILL_ARGS)'"); \
+		extra=(); [ -z "$(DISTILL_ARGS)" ] || [ $$nb != 03_sparse_finetuning ] || \
+			extra=(-y "DISTILL_ARGS: '$(DISTILL_ARGS)'"); \
 		$(BIN)/papermill --cwd notebooks -p QUICK $(if $(filter 1,$(WORKBENCH_QUICK)),True,False) \
 			"$${extra[@]}" $(NB_BUILD)/$$nb.ipynb $(NB_BUILD)/$$nb.out.ipynb; \
+		echo "notebook $$nb: $$(( $$(date +%s) - start )) s"; \
 	done
 
 # The sparsity explorer (notebook 06) as a web app on localhost:8866.
@@ -91,6 +104,17 @@ asan: setup
 # INT8 from one run, into results/kernels/. BENCH_ARGS=--quick for a minute-long smoke run.
 bench-kernels: setup
 	$(BIN)/python benchmarks/kernels.py $(BENCH_ARGS)
+
+# Optional speed peer: llama.cpp through llama-cpp-python, built here from source for this CPU
+# only (no BLAS, no GPU, no multimodal library); `workbench.peers` skips it when absent.
+# About 15 minutes on 2 cores. --no-cache-dir: never reuse a wheel built with other flags.
+LLAMA_CPP_PY := llama-cpp-python==0.3.36
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF \
+	-DGGML_METAL=OFF -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF
+peers: setup
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install --no-cache-dir --no-binary llama-cpp-python $(LLAMA_CPP_PY)
+	$(BIN)/python -c "import llama_cpp; print('llama.cpp peer:', llama_cpp.__version__)"
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

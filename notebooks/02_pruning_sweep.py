@@ -32,11 +32,11 @@ MODEL = "smollm2-135m"
 # %% [markdown]
 # ## The grid
 # `SweepConfig` holds the grid, the calibration and the scores; notebook 06's explorer uses
-# the same one, so it reads these points from the cache. SparseGPT costs about 140 s per point
-# with 32 calibration windows of 512 tokens on 2 cores (7.6 min with 128), Wanda about 80 s,
-# magnitude seconds; each point's scores add about a minute (16 perplexity windows ≈ 25 s,
-# 48 arith items ≈ 40 s). The full grid is sized for about 40 minutes on a fresh cache. Quick
-# mode reuses the points that `WORKBENCH_QUICK=1 make reproduce` pruned (16 windows).
+# the same one, so it reads these points from the cache. The grid is sized to fit
+# `make reproduce` in 45 minutes on 2 cores: SparseGPT and Wanda cost mostly the forward passes
+# over the 16 calibration windows of 512 tokens, magnitude seconds, and each point's scores
+# about 40 s (8 perplexity windows; 16 three-shot arith items, whose long prompts dominate).
+# Larger runs: `python -m workbench prune` (see `make experiments`). Quick mode is a smoke test.
 
 # %%
 import dataclasses

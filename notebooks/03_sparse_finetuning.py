@@ -22,17 +22,19 @@
 #    states) plus CE, same data, steps and seed;
 # 4. score everything on the untouched arith test split and on pydoc perplexity.
 #
-# `workbench.recovery.run_recovery` runs it with every stage cached. `DISTILL_ARGS` are the
-# arguments of the `python -m workbench distill` run to read back (`make reproduce` passes its
-# own `DISTILL_ARGS`): this notebook builds the same `RecoveryConfig` from them, so after that
-# run it only reads the cache.
+# `workbench.recovery.run_recovery` runs it with every stage cached. `DISTILL_ARGS` are
+# `python -m workbench distill` arguments: this notebook builds the same `RecoveryConfig`, so
+# it reads back a CLI run made with them. The default is sized for `make reproduce` (45
+# minutes for every notebook on 2 cores): 20 SFT steps, 8 recovery steps per run, 16 arith test
+# items. The larger run in results/distill (30 SFT and 24 recovery steps, 100 items) is
+# `make experiments`; pass its arguments here to plot it. Quick mode ignores DISTILL_ARGS.
 
 # %% tags=["parameters"]
 import os
 
 QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
 MODEL = "smollm2-135m"
-DISTILL_ARGS = "--sparsities 0.5,0.7"
+DISTILL_ARGS = "--sparsities 0.5,0.7 --sft-steps 20 --steps 8 --nsamples 16 --eval-n 16 --max-windows 4"
 
 # %%
 import matplotlib.pyplot as plt
@@ -42,7 +44,7 @@ from workbench.cli import distill_config
 from workbench.recovery import run_recovery
 
 plots.use_style()
-config = distill_config(f"--model {MODEL} {DISTILL_ARGS}" + (" --quick" if QUICK else ""))
+config = distill_config(f"--model {MODEL} " + ("--quick" if QUICK else DISTILL_ARGS))
 print(config)
 model, tok = load_model(MODEL)
 result = run_recovery(model, tok, config)

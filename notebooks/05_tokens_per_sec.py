@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FormatStrFormatter
 
-from workbench import plots, roofline
+from workbench import plots, roofline, tables
 from workbench.export import find_result
 
 plots.use_style()
@@ -114,16 +114,59 @@ else:
         sparse = part[part.system.str.contains("-sparse-")].sort_values("sparsity")
         ax.plot(sparse.sparsity, sparse.speedup, marker="o", ms=3, color=plots.method_color("ours"),
                 label="ours, sparse INT8")
-        for system, style in (("ours-int8", "--"), ("hf-int8", "-"), ("ours-fp32", "-.")):
+        for system, style in (("ours-int8", "--"), ("hf-int8", "-"), ("ours-fp32", "-."),
+                              ("llamacpp-q8_0", "--"), ("llamacpp-q4_0", ":")):
             row = part[part.system == system]
             if len(row):
+                color = ("torch-int8" if system == "hf-int8" else
+                         "llama.cpp" if system.startswith("llamacpp") else "dense")
                 ax.axhline(row.speedup.iloc[0], ls=style, lw=0.8, label=system,
-                           color=plots.method_color("torch-int8" if system == "hf-int8" else "dense"))
+                           color=plots.method_color(color))
         ax.set_title(f"{t} thread(s)" if t is not None else "")
         ax.set_xlabel("sparsity")
     axes[0][0].set_ylabel("decode tokens/s over HF FP32")
     axes[0][-1].legend(fontsize=5)
     plots.save_figure(fig, "tokens_per_sec", config={"source": "results/decode", "batch": 1});
+
+# %% [markdown]
+# ## Llama-2-7B and TinyLlama-1.1B shapes (random weights)
+# Speed depends on shapes and density, not on the weights' values, so these are random-weight
+# models with the real shapes, magnitude-pruned, built and packed one layer at a time (only
+# the packed copy is held). The packed systems are timed at the full depth; FP32 7B (27 GB)
+# does not fit in memory, so its ms/token comes from timings at 2, 4 and 8 layers and a line
+# fitted through them (the fit table below); FP32 TinyLlama is timed at full depth.
+
+# %%
+fits = roofline.decode_fits()
+shapes = None
+if decode is not None and "layers" in decode:
+    shapes = roofline.shape_speedups(decode, fits)
+if shapes is None or shapes.empty:
+    print("no shape-model rows in results/decode (python -m workbench bench decode)")
+else:
+    fig, axes = plots.figure(columns=2, ncols=2, sharey=True)
+    for ax, (model, part) in zip(axes, shapes.groupby("model", sort=False), strict=False):
+        for t, style in ((1, "-"), (2, "--")):
+            sub = part[part.threads == t].sort_values("sparsity")
+            sparse = sub[sub.system.str.contains("-sparse-")]
+            ax.plot(sparse.sparsity, sparse.speedup, style, marker="o", ms=3,
+                    color=plots.method_color("ours"), label=f"sparse INT8, {t} thread(s)")
+            dense = sub[sub.system == "ours-int8"]
+            if len(dense):
+                ax.axhline(dense.speedup.iloc[0], ls=style, lw=0.8, color=plots.method_color("dense"),
+                           label=f"dense INT8, {t} thread(s)")
+        ax.set_title(f"{model} (random weights), FP32 {part.fp32_source.iloc[0]}")
+        ax.set_xlabel("sparsity")
+    axes[0].set_ylabel("decode speed-up over FP32")
+    axes[-1].legend(fontsize=5)
+    plots.save_figure(fig, "tokens_per_sec_shapes", config={"source": "results/decode", "batch": 1});
+    tables.save_table(shapes.round(3), "tokens_per_sec_shapes", float_format=".3g",
+                      caption="Decode ms/token of random-weight shape models against FP32",
+                      label="tab:shapes", config={"source": "results/decode"});
+shapes
+
+# %%
+fits
 
 # %%
 plt.close("all")

@@ -73,3 +73,82 @@ def test_bench_cli_rejects_bad_lists(capsys):
     assert main(["bench", "decode", "--threads", "one"]) == 2
     assert "--threads" in capsys.readouterr().err
     assert main(["bench", "decode", "--batches", "0"]) == 2
+
+
+def test_streamed_shape_model_builds_layers_one_at_a_time(monkeypatch):
+    """Each decoder layer gets its (seeded, pruned) weights only while it is iterated, and the
+    FP32 runtime built from the stream computes what an HF model with those weights computes."""
+    from transformers import LlamaForCausalLM
+
+    from workbench import runtime
+
+    monkeypatch.setitem(bench.SHAPES, "tiny-shape", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=97))
+    model = bench.streamed_shape_model("tiny-shape", 3, sparsity=0.5)
+    seen = []
+    for layer in model.model.layers:
+        assert all(p.device.type == "cpu" for p in layer.parameters())
+        seen.append({k: v.clone() for k, v in layer.state_dict().items()})
+    assert all(p.device.type == "meta" for p in model.model.layers.parameters())
+    again = [dict(layer.state_dict()) for layer in model.model.layers]   # same seeds, same weights
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(seen, again, strict=True) for k in a)
+    zeros = sum(int((w == 0).sum()) for weights in seen for k, w in weights.items() if w.ndim == 2)
+    total = sum(w.numel() for weights in seen for k, w in weights.items() if w.ndim == 2)
+    assert abs(zeros / total - 0.5) < 0.02                   # 86k weights: 5 sigma is 0.009
+    for weights in seen:
+        assert torch.equal(weights["input_layernorm.weight"], torch.ones(64))
+        # magnitude pruning: every survivor is above the threshold, the smallest just above it
+        threshold = 0.02 * 2 ** 0.5 * float(torch.erfinv(torch.tensor(0.5)))
+        smallest = weights["mlp.down_proj.weight"].abs()
+        smallest = smallest[smallest != 0].min()
+        assert threshold <= smallest < 1.05 * threshold
+
+    packed = runtime.PackedModel.from_fp32(model)
+    full = LlamaForCausalLM(model.config).eval()
+    with torch.no_grad():
+        for layer, weights in zip(full.model.layers, seen, strict=True):
+            layer.load_state_dict(weights)
+        for name in ("model.embed_tokens", "model.norm", "lm_head"):
+            full.get_submodule(name).load_state_dict(model.get_submodule(name).state_dict())
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expect = full(input_ids=ids).logits
+    torch.testing.assert_close(packed.forward_logits(ids), expect, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="sparsity"):
+        bench.streamed_shape_model("tiny-shape", 1, sparsity=1.0)
+
+
+def test_cli_shape_model_names_match_bench(capsys):
+    from workbench import cli
+
+    assert cli.SHAPE_MODEL_NAMES == bench.SHAPE_MODELS
+    assert main(["bench", "decode", "--shape-models", "gpt-9-shape"]) == 2
+    assert "gpt-9-shape" in capsys.readouterr().err
+
+
+def test_shape_fp32_size_matches_a_built_model():
+    model = bench.shape_model("tinyllama-1.1b-shape", 1)
+    per_layer = sum(p.numel() for p in model.model.layers[0].parameters() if p.ndim == 2)
+    other = model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    expect = 4 * (22 * per_layer + other) / 1e9
+    assert bench.shape_fp32_gb("tinyllama-1.1b-shape") == pytest.approx(expect)
+
+
+def test_greedy_agreement_counts_equal_tokens_and_prefix():
+    from workbench import runtime
+    from workbench.models import tiny_llama
+
+    # untied: a tiny random tied model just repeats its last token, whatever its weights
+    model = tiny_llama(seed=0, tie_word_embeddings=False)[0]
+    prompts = [torch.randint(3, model.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(s))
+               for s in range(3)]
+    same = bench.greedy_agreement(runtime.PackedModel.from_fp32(model), model, prompts, n_tokens=6)
+    assert [r["equal_tokens"] for r in same] == [6, 6, 6]
+    assert [r["common_prefix"] for r in same] == [6, 6, 6]
+    assert max(r["max_abs_logit_diff"] for r in same) < 1e-4
+    other = tiny_llama(seed=1, tie_word_embeddings=False)[0]     # another random model
+    rows = bench.greedy_agreement(runtime.PackedModel.from_fp32(model), other, prompts, n_tokens=6)
+    assert all(0 <= r["common_prefix"] <= r["equal_tokens"] <= 6 for r in rows)
+    assert sum(r["equal_tokens"] for r in rows) < 18
+    assert min(r["max_abs_logit_diff"] for r in rows) > 1e-3

@@ -93,7 +93,9 @@ def layer_linears(model: nn.Module) -> dict[str, nn.Linear]:
     """Every decoder Linear by its full module name, in layer then forward order."""
     spec = get_arch(model)
     out: dict[str, nn.Linear] = {}
-    for i, layer in enumerate(decoder_layers(model)):
+    # children(), not iteration: names and types only, so a layer list that materializes its
+    # layers when iterated (bench's streamed shape models) is not made to
+    for i, layer in enumerate(decoder_layers(model).children()):
         for name in spec.linears:
             out[f"{spec.layers}.{i}.{name}"] = layer.get_submodule(name)
     return out

@@ -56,6 +56,7 @@ class SpeedResult:
     decode_ms_per_token: float
     peak_rss_mb: float = 0.0
     weight_mb: float = 0.0
+    rss_mb: float = 0.0          # resident at the end of the measurement (peak includes packing)
 
 
 class System:
@@ -128,6 +129,61 @@ def shape_model(name: str, layers: int, seed: int = 0):
     return model.eval()
 
 
+class _StreamedLayers(torch.nn.ModuleList):
+    """Decoder layers that hold weights one at a time: iterating (as pack and from_fp32 do)
+    gives each layer random weights (and prunes it) just before it is yielded and frees them
+    after, so a model too large for memory in FP32 can be packed layer by layer."""
+
+    def __init__(self, layers, fill):
+        super().__init__(layers)
+        self._fill = fill
+
+    def __iter__(self):
+        for i, layer in enumerate(super().__iter__()):
+            layer.to_empty(device="cpu")
+            self._fill(i, layer)
+            yield layer
+            layer.to("meta")
+
+
+def streamed_shape_model(name: str, layers: int, sparsity: float = 0.0, seed: int = 0):
+    """A random-weight shape model (as shape_model) whose decoder layers exist only while
+    `runtime.pack` or `PackedModel.from_fp32` reads them: weights N(0, σ²) with σ = 0.02, norms
+    1, decoder linears magnitude-pruned with one threshold t = σ·√2·erfinv(sparsity), the
+    |w| quantile of that normal (a per-row top-k would cost seconds a layer; the fraction of
+    zeros is the target to about 1e-4, and speed depends on the density, not on the values).
+    Only the packed copy stays in memory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if name not in SHAPES:
+        raise ValueError(f"unknown shape model {name!r}; choose one of {sorted(SHAPES)}")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    config = LlamaConfig(**{**SHAPES[name], "num_hidden_layers": layers},
+                         max_position_embeddings=2048, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    sigma = 0.02
+    threshold = sigma * 2 ** 0.5 * float(torch.erfinv(torch.tensor(sparsity, dtype=torch.float64)))
+
+    def fill(i: int, module: torch.nn.Module) -> None:
+        g = torch.Generator().manual_seed(seed * 100_003 + i)
+        with torch.no_grad():
+            for pname, p in module.named_parameters():
+                if pname.endswith("norm.weight") or p.ndim == 1:
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0.0, sigma, generator=g)
+                    if sparsity and i >= 0:        # decoder linears only; i < 0: embed / head
+                        p.masked_fill_(p.abs() < threshold, 0.0)
+
+    for j, part in enumerate((model.model.embed_tokens, model.model.norm, model.lm_head)):
+        part.to_empty(device="cpu")
+        fill(-1 - j, part)
+    model.model.layers = _StreamedLayers(list(model.model.layers), fill)
+    return model.eval()
+
+
 def magnitude_sparsify_(model, sparsity: float) -> None:
     """Zero the smallest-|w| fraction of every row of every decoder Linear (in place)."""
     from workbench.arch import layer_linears
@@ -161,7 +217,11 @@ def build_system(kind: str, model_name: str, layers: int | None = None,
                  new_tokens: int = 128) -> tuple[System, int]:
     """(System, vocab) for one configuration; kind as in the module docstring."""
     check_system(kind)
-    if model_name in SHAPES:
+    if model_name in SHAPES and kind.startswith("ours-"):
+        sparsity = float(kind.rsplit("-", 1)[1]) if kind.startswith("ours-sparse-") else 0.0
+        model = streamed_shape_model(model_name, layers or 2, sparsity)
+        kind = kind if sparsity == 0 else "ours-sparse-pruned"
+    elif model_name in SHAPES:
         model = shape_model(model_name, layers or 2)
     else:
         from workbench.models import load_model
@@ -180,6 +240,8 @@ def build_system(kind: str, model_name: str, layers: int | None = None,
         return runtime_system(runtime.PackedModel.from_fp32(model), new_tokens), vocab
     if kind == "ours-int8":
         return runtime_system(runtime.pack(model, format="dense"), new_tokens), vocab
+    if kind == "ours-sparse-pruned":                    # a streamed shape model, pruned as built
+        return runtime_system(runtime.pack(model, format="sparse"), new_tokens), vocab
     if kind.startswith("ours-sparse-"):
         magnitude_sparsify_(model, float(kind.rsplit("-", 1)[1]))
         return runtime_system(runtime.pack(model, format="sparse"), new_tokens), vocab
@@ -201,8 +263,17 @@ def measure(kind: str, model_name: str, batches: list[int], threads: list[int], 
             out.append(SpeedResult(kind, label, b, t, prompt_len, new_tokens, pre, dec,
                                    1e3 * b / dec,
                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                   system.weight_bytes / 2**20))
+                                   system.weight_bytes / 2**20, resident_mb()))
     return out
+
+
+def resident_mb() -> float:
+    """This process's resident set now (MiB), from /proc (0 where there is no /proc)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def run_isolated(**kwargs) -> list[SpeedResult]:
@@ -230,15 +301,33 @@ def extrapolate(layers: list[int], ms_per_token: list[float], depth: int) -> dic
 
 EMBEDDED_SYSTEMS = ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8", "ours-sparse-0.5",
                     "ours-sparse-0.7", "ours-sparse-0.8", "ours-sparse-0.9")
-SHAPE_SYSTEMS = ("ours-fp32", "ours-int8", "ours-sparse-0.7", "ours-sparse-0.8")
+SHAPE_MODELS = ("llama2-7b-shape", "tinyllama-1.1b-shape")
+FIT_SYSTEMS = ("ours-fp32", "ours-int8")             # timed at shape_layers, fitted to full depth
+FULL_SYSTEMS = ("ours-int8", "ours-sparse-0.7", "ours-sparse-0.8")   # timed at full depth
+SHAPE_SYSTEMS = tuple(dict.fromkeys(FIT_SYSTEMS + FULL_SYSTEMS))
+FP32_FULL_DEPTH_MAX_GB = 10.0     # FP32 shape models up to this size are also timed at full depth
+
+
+def shape_fp32_gb(name: str) -> float:
+    """FP32 weight size of a shape model at its full depth (GB)."""
+    c = SHAPES[name]
+    h, f, kv = c["hidden_size"], c["intermediate_size"], c["num_key_value_heads"]
+    head_dim = h // c["num_attention_heads"]
+    per_layer = 2 * h * h + 2 * h * kv * head_dim + 3 * h * f
+    return 4 * (c["num_hidden_layers"] * per_layer + 2 * c["vocab_size"] * h) / 1e9
 
 
 def run_decode(model: str = "smollm2-135m", systems=EMBEDDED_SYSTEMS, batches=(1, 8),
                threads=(1, 2), prompt_len: int = 128, new_tokens: int = 128, repeats: int = 3,
-               shape_models=("llama2-7b-shape",), shape_layers=(2, 4, 8), shape_systems=SHAPE_SYSTEMS,
-               log=print) -> dict:
-    """The decode table of the embedded model and the extrapolated shape-model table.
-    Returns {"rows": [...], "fits": [...]}, one row per system x batch x threads."""
+               shape_models=SHAPE_MODELS, shape_layers=(2, 4, 8), fit_systems=FIT_SYSTEMS,
+               full_systems=FULL_SYSTEMS, log=print) -> dict:
+    """The decode table of the embedded model and of the random-weight shape models.
+
+    Shape models (batch 1, prompt 16, 32 new tokens, streamed so only packed weights are
+    held): full_systems are timed at the real depth; fit_systems at shape_layers decoder layers,
+    and a least-squares line gives the full depth (FP32 7B does not fit in memory; where a
+    system is also timed at full depth, the fit row shows both). FP32 is timed at full depth too
+    when it needs at most FP32_FULL_DEPTH_MAX_GB. Returns {"rows": [...], "fits": [...]}."""
     rows, fits = [], []
     for kind in systems:
         for r in run_isolated(kind=kind, model_name=model, batches=list(batches),
@@ -247,21 +336,91 @@ def run_decode(model: str = "smollm2-135m", systems=EMBEDDED_SYSTEMS, batches=(1
             rows.append(asdict(r))
             log(_line(r))
     for name in shape_models:
-        per: dict[tuple[str, int], list[tuple[int, float]]] = {}
-        for layers in shape_layers:
-            for kind in shape_systems:
-                for r in run_isolated(kind=kind, model_name=name, batches=[1], threads=list(threads),
-                                      prompt_len=16, new_tokens=32, repeats=2, layers=layers):
-                    rows.append({**asdict(r), "layers": layers})
-                    per.setdefault((kind, r.threads), []).append((layers, r.decode_ms_per_token))
-                    log(_line(r))
         depth = SHAPES[name]["num_hidden_layers"]
+        full = list(full_systems)
+        if shape_fp32_gb(name) <= FP32_FULL_DEPTH_MAX_GB:
+            full.insert(0, "ours-fp32")
+        runs = [(layers, kind) for layers in shape_layers if layers < depth for kind in fit_systems]
+        runs += [(depth, kind) for kind in full]
+        per: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        measured_full: dict[tuple[str, int], float] = {}
+        for layers, kind in runs:
+            for r in run_isolated(kind=kind, model_name=name, batches=[1], threads=list(threads),
+                                  prompt_len=16, new_tokens=32, repeats=2, layers=layers):
+                rows.append({**asdict(r), "layers": layers})
+                log(_line(r))
+                if layers == depth:
+                    measured_full[(kind, r.threads)] = r.decode_ms_per_token
+                else:
+                    per.setdefault((kind, r.threads), []).append((layers, r.decode_ms_per_token))
         for (kind, t), points in per.items():
+            if len(points) < 2:
+                continue
             fit = extrapolate([p[0] for p in points], [p[1] for p in points], depth)
             fits.append({"model": f"{name} (random weights)", "system": kind, "threads": t,
                          "measured_layers": [p[0] for p in points],
-                         "measured_ms": [p[1] for p in points], **fit})
+                         "measured_ms": [p[1] for p in points], **fit,
+                         "measured_full_depth_ms": measured_full.get((kind, t))})
     return {"rows": rows, "fits": fits}
+
+
+# ---------------------------------------------------------------- greedy agreement
+
+def greedy_agreement(system_model, reference, prompts: list[torch.Tensor],
+                     n_tokens: int = 32) -> list[dict]:
+    """Greedy continuations of each prompt (LongTensor [1, T]) by our runtime (a PackedModel)
+    and by a Hugging Face reference model, n_tokens each (no early stop). Per prompt: tokens
+    equal at the same position, the common prefix, and the largest |logit difference| with
+    both fed the reference's continuation (teacher forced)."""
+    out = []
+    for i, ids in enumerate(prompts):
+        T = ids.shape[1]
+        ours = system_model.generate(ids, n_tokens)[0, T:]
+        with torch.no_grad():
+            ref = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                     max_new_tokens=n_tokens, min_new_tokens=n_tokens,
+                                     eos_token_id=None, pad_token_id=0)
+            want = reference(ref).logits[0, T - 1:-1]
+        got = system_model.forward_logits(ref)[0, T - 1:-1]
+        ref = ref[0, T:]
+        equal = (ours == ref)
+        prefix = int(equal.long().cumprod(0).sum())
+        out.append({"prompt": i, "prompt_tokens": T, "equal_tokens": int(equal.sum()),
+                    "n_tokens": n_tokens, "common_prefix": prefix,
+                    "max_abs_logit_diff": float((got - want).abs().max()),
+                    "rel_logit_diff": float((got - want).norm() / want.norm())})
+    return out
+
+
+def agreement_table(model_name: str = "smollm2-135m", sparsities=(0.0, 0.5), n_prompts: int = 20,
+                    n_tokens: int = 32) -> list[dict]:
+    """Correctness of the runtime on the embedded model, on n_prompts GSM8K test questions in
+    the chat template: our FP32 loop against HF FP32, and the packed W8A8 model (lm_head FP32,
+    as quant.quantize_ leaves it) against quantize_'s fake-quant model, at each sparsity
+    (magnitude pruning per row). One row per (comparison, prompt)."""
+    import copy
+
+    from workbench import data, runtime
+    from workbench.models import load_model
+    from workbench.quant import QuantConfig, quantize_
+
+    model, tok = load_model(model_name)
+    questions = [item.question for item in data.gsm8k("test", n=n_prompts)]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                       return_tensors="pt", return_dict=True)["input_ids"]
+               for q in questions]
+    rows = [{"comparison": "ours-fp32 vs hf-fp32", "sparsity": 0.0, **r}
+            for r in greedy_agreement(runtime.PackedModel.from_fp32(model), model, prompts, n_tokens)]
+    for sparsity in sparsities:
+        pruned = copy.deepcopy(model)
+        if sparsity:
+            magnitude_sparsify_(pruned, sparsity)
+        packed = runtime.pack(pruned, lm_head="fp32")
+        quantize_(pruned, QuantConfig("per_channel", "per_token"))
+        name = "ours-int8" if sparsity == 0 else f"ours-sparse-{sparsity:g}"
+        rows += [{"comparison": f"{name} vs hf W8A8 fake-quant", "sparsity": sparsity, **r}
+                 for r in greedy_agreement(packed, pruned, prompts, n_tokens)]
+    return rows
 
 
 def _line(r: SpeedResult) -> str:
@@ -270,6 +429,7 @@ def _line(r: SpeedResult) -> str:
             f"({r.decode_ms_per_token:.2f} ms/token)  peak RSS {r.peak_rss_mb:.0f} MB")
 
 
-__all__ = ["check_system", "EMBEDDED_SYSTEMS", "SHAPES", "SHAPE_SYSTEMS", "run_decode", "SpeedResult", "System", "build_system", "extrapolate", "hf_system",
+__all__ = ["agreement_table", "greedy_agreement", "check_system", "EMBEDDED_SYSTEMS", "FIT_SYSTEMS", "FULL_SYSTEMS", "SHAPE_MODELS",
+           "SHAPES", "SHAPE_SYSTEMS", "resident_mb", "shape_fp32_gb", "streamed_shape_model", "run_decode", "SpeedResult", "System", "build_system", "extrapolate", "hf_system",
            "magnitude_sparsify_", "measure", "run_isolated", "runtime_system", "shape_model",
            "tokens_per_sec"]

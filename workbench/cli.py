@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 QUICK_ENV = "WORKBENCH_QUICK"
+# bench.SHAPE_MODELS, named here so that parsing arguments does not import torch
+SHAPE_MODEL_NAMES = ("llama2-7b-shape", "tinyllama-1.1b-shape")
 
 
 def quick_mode(flag: bool = False) -> bool:
@@ -335,11 +337,30 @@ def cmd_bench(args) -> int:
             raise UsageError(f"{script} not found: run from a source checkout")
         return subprocess.call([sys.executable, str(script)] + (["--quick"] if args.quick else []))
     quick = quick_mode(args.quick)
+    if args.what == "agreement":
+        rows = pd.DataFrame(bench.agreement_table(args.model, n_prompts=4 if quick else 20,
+                                                  n_tokens=8 if quick else 32))
+        rows["identical"] = rows["common_prefix"] == rows["n_tokens"]
+        summary = rows.groupby("comparison", sort=False).agg(
+            prompts=("prompt", "size"), equal_tokens=("equal_tokens", "sum"),
+            tokens=("n_tokens", "sum"), identical_prompts=("identical", "sum"),
+            mean_common_prefix=("common_prefix", "mean"),
+            max_rel_logit_diff=("rel_logit_diff", "max")).reset_index()
+        summary["token_agreement"] = summary["equal_tokens"] / summary["tokens"]
+        print(summary.to_string(index=False))
+        stem = _stem(args, quick)
+        _write_frame(summary, Path(args.results) / "decode", f"{stem}-agreement",
+                     {"model": args.model, "quick": quick, "per_prompt": rows.to_dict("records")})
+        return 0
     threads = _int_list(args.threads, "--threads")
     batches = _int_list(args.batches, "--batches")
     systems = tuple(args.systems.split(",")) if args.systems else (
         ("ours-fp32", "ours-int8", "ours-sparse-0.7") if quick else bench.EMBEDDED_SYSTEMS)
     layers = _int_list(args.shape_layers, "--shape-layers") if args.shape_layers else []
+    shape_models = tuple(m for m in args.shape_models.split(",") if m.strip())
+    bad = [m for m in shape_models if m not in SHAPE_MODEL_NAMES]
+    if bad:
+        raise UsageError(f"unknown shape model {bad[0]!r}: choose from {', '.join(SHAPE_MODEL_NAMES)}")
     for kind in systems:
         try:
             bench.check_system(kind)
@@ -348,15 +369,15 @@ def cmd_bench(args) -> int:
     result = bench.run_decode(
         args.model, systems, batches=[1] if quick else batches, threads=threads,
         prompt_len=16 if quick else args.prompt_len, new_tokens=16 if quick else args.new_tokens,
-        repeats=1 if quick else args.repeats, shape_models=() if quick or not layers else ("llama2-7b-shape",),
+        repeats=1 if quick else args.repeats, shape_models=() if quick else shape_models,
         shape_layers=layers)
     out_dir = Path(args.results) / "decode"
     stem = _stem(args, quick)
     _write_frame(pd.DataFrame(result["rows"]), out_dir, stem, {"model": args.model, "quick": quick})
     if result["fits"]:
-        _write_frame(pd.DataFrame(result["fits"]), out_dir, f"{stem}-7b-shape-fit",
-                     {"note": "random-weight shape models; decode ms/token extrapolated to 32 "
-                              "layers by a least-squares line over the measured depths"})
+        _write_frame(pd.DataFrame(result["fits"]), out_dir, f"{stem}-shape-fit",
+                     {"note": "random-weight shape models; decode ms/token extrapolated to the "
+                              "full depth by a least-squares line over the measured depths"})
     return 0
 
 
@@ -427,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--results", default="results")
     di.set_defaults(func=cmd_distill)
     be = sub.add_parser("bench", help="speed: decode tokens/s of whole models, or the kernels")
-    be.add_argument("what", choices=("decode", "kernels"))
+    be.add_argument("what", choices=("decode", "kernels", "agreement"))
     be.add_argument("--model", default="smollm2-135m")
     be.add_argument("--systems", default=None, help="comma list (default: all; see workbench.bench)")
     be.add_argument("--threads", default="1,2")
@@ -436,7 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--new-tokens", type=int, default=128)
     be.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up")
     be.add_argument("--shape-layers", default="2,4,8",
-                    help="decoder layers of the random-weight 7B-shape models ('' to skip)")
+                    help="decoder layers at which FP32 / dense INT8 shape models are timed for "
+                         "the depth fit")
+    be.add_argument("--shape-models", default=",".join(SHAPE_MODEL_NAMES),
+                    help="random-weight shape models ('' to skip)")
     be.add_argument("--quick", action="store_true")
     be.add_argument("--name", default=None)
     be.add_argument("--results", default="results")

@@ -294,6 +294,17 @@ class SparseInt8Linear(torch.nn.Module):
             raise ValueError(f"input holds NaN or Inf in {bad} of its {x2.shape[0]} tokens")
         return y.reshape(*lead, self.out_features)
 
+    def run2d(self, x2: torch.Tensor) -> torch.Tensor:
+        """forward for a caller that guarantees x2 is a contiguous float32 CPU tensor
+        [n, in_features] (the runtime's hot loop): no checks but the kernel's own shape check
+        and its NaN/Inf count. Output float32 [n, out_features]."""
+        y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
+        bad = self._kernel.run(_linear.ISA_NAMES[_ACTIVE_ISA], self.n_threads or default_threads(),
+                               x2.numpy(), y.numpy())
+        if bad:
+            raise ValueError(f"input holds NaN or Inf in {bad} of its {x2.shape[0]} tokens")
+        return y
+
     def __getstate__(self) -> dict:        # copy.deepcopy / pickle: the handle is rebuilt
         return {**self.__dict__, "_kernel": None}
 

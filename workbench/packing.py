@@ -81,6 +81,20 @@ class PackedLinear:
             return n + self.mask.nbytes + self.nnz + self.row_ptr.nbytes
         return n + self.qweight.nbytes
 
+    def row_stats(self, start: int, stop: int) -> tuple[int, int]:
+        """(nonzeros, bytes) of output rows start..stop-1: the share of a layer packed together
+        with others (the runtime packs q/k/v and gate/up as one). The value padding and
+        row_ptr's extra entry stay with the whole layer, so parts sum to at most nbytes."""
+        if not 0 <= start <= stop <= self.out_features:
+            raise ValueError(f"rows {start}..{stop} outside 0..{self.out_features}")
+        rows = stop - start
+        n = rows * (self.scale.itemsize + self.rowsum.itemsize)
+        n += 0 if self.bias is None else rows * self.bias.itemsize
+        if self.sparse:
+            nnz = int(self.row_ptr[stop] - self.row_ptr[start])
+            return nnz, n + self.mask[start:stop].nbytes + nnz + rows * self.row_ptr.itemsize
+        return int(np.count_nonzero(self.qweight[start:stop])), n + self.qweight[start:stop].nbytes
+
     @property
     def bytes_per_weight(self) -> float:
         total = self.out_features * self.in_features
@@ -118,7 +132,9 @@ def _as_weight(weight) -> torch.Tensor:
     if weight.shape[1] > MAX_IN_FEATURES:
         raise ValueError(f"in_features {weight.shape[1]} exceeds the kernels' limit {MAX_IN_FEATURES}")
     w = weight.detach().to("cpu", torch.float32)
-    if not torch.isfinite(w).all():
+    # min and max are NaN if any value is, ±inf if any is: one reduction, ~10x faster than
+    # isfinite(w).all() on a 7B-shape matrix
+    if w.numel() and not all(torch.isfinite(v) for v in torch.aminmax(w)):
         raise ValueError("weight holds NaN or Inf; cannot quantize it")
     return w
 

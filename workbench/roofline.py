@@ -64,17 +64,31 @@ def kernel_results(path: str | Path | None = None) -> pd.DataFrame:
     return pd.read_csv(found)
 
 
+def _decode_dir(directory: str | Path | None) -> Path:
+    """The given directory, else results/decode under $WORKBENCH_RESULTS when it has one,
+    else the repository's committed results/decode."""
+    if directory is not None:
+        return Path(directory)
+    here = results_root() / "decode"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "results" / "decode"
+
+
 def decode_results(directory: str | Path | None = None) -> pd.DataFrame | None:
     """Every results/decode/*.csv concatenated (a `source` column names the file), or None
     when the decode benchmark has not written any."""
-    if directory is None:
-        here = results_root() / "decode"
-        directory = here if here.is_dir() else Path(__file__).resolve().parent.parent / "results" / "decode"
-    directory = Path(directory)
-    files = sorted(directory.glob("*.csv")) if directory.is_dir() else []
+    directory = _decode_dir(directory)
+    files = [f for f in sorted(directory.glob("*.csv"))           # speed tables only
+             if not f.stem.endswith(("-fit", "-agreement"))] if directory.is_dir() else []
     if not files:
         return None
     return pd.concat([pd.read_csv(f).assign(source=f.stem) for f in files], ignore_index=True)
+
+
+def decode_fits(directory: str | Path | None = None) -> pd.DataFrame | None:
+    """Every results/decode/*-fit.csv (the shape models' depth fits) concatenated, or None."""
+    directory = _decode_dir(directory)
+    files = sorted(directory.glob("*-fit.csv")) if directory.is_dir() else []
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else None
 
 
 def decode_speedups(frame: pd.DataFrame, baseline: str = "hf-fp32",
@@ -95,3 +109,39 @@ def decode_speedups(frame: pd.DataFrame, baseline: str = "hf-fp32",
     sparse = out["system"].str.extract(r"-sparse-([0-9.]+)$")[0].astype(float)
     out["sparsity"] = sparse.fillna(0.0)
     return out.drop(columns="_base")
+
+
+def shape_speedups(rows: pd.DataFrame, fits: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Decode speed of the random-weight shape models at their full depth against dense FP32:
+    one row per (model, system, threads) of the packed systems timed at full depth, with
+    `fp32_ms` (FP32 ms/token: timed at full depth where it fit in memory, else the depth fit
+    from `fits`, flagged by `fp32_source`), `speedup` = fp32_ms / ms_per_token and `sparsity`."""
+    if "layers" not in rows.columns:
+        raise ValueError("decode results have no `layers` column: no shape-model rows")
+    shape = rows[rows["layers"].notna() & rows["model"].str.contains("random weights")].copy()
+    shape["base_model"] = shape["model"].str.split(" (", regex=False).str[0]
+    depth = shape.groupby("base_model")["layers"].transform("max")
+    full = shape[shape["layers"] == depth]
+    out = []
+    for (model, t), part in full.groupby(["base_model", "threads"]):
+        fp32 = part[part["system"] == "ours-fp32"]
+        if len(fp32):
+            base, source = float(fp32["decode_ms_per_token"].iloc[0]), "measured"
+        elif fits is not None and len(fits):
+            fit = fits[(fits["model"].str.startswith(model)) & (fits["system"] == "ours-fp32")
+                       & (fits["threads"] == t)]
+            if not len(fit):
+                continue
+            base, source = float(fit["ms_per_token"].iloc[0]), "fit"
+        else:
+            continue
+        for _, r in part.iterrows():
+            sparsity = 0.0
+            if "-sparse-" in r["system"]:
+                sparsity = float(r["system"].rsplit("-", 1)[1])
+            out.append({"model": model, "system": r["system"], "threads": t,
+                        "layers": int(r["layers"]), "ms_per_token": r["decode_ms_per_token"],
+                        "fp32_ms": base, "fp32_source": source,
+                        "speedup": base / r["decode_ms_per_token"], "sparsity": sparsity,
+                        "rss_mb": r.get("rss_mb"), "peak_rss_mb": r.get("peak_rss_mb")})
+    return pd.DataFrame(out)

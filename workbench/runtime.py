@@ -52,25 +52,120 @@ class Fp32Linear(nn.Module):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, fp32"
 
 
-class DecoderBlock(nn.Module):
-    """One decoder layer's weights: two RMSNorm gains and seven linears."""
+# Linears that read the same input are packed as one stacked layer: one kernel call and one
+# activation quantization instead of three (two). Per-output-row weight scales and per-token
+# activation scales make the stacked layer compute exactly what its parts compute.
+FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
+_LONG = {short: long for long, short in _SHORT.items()}
 
-    def __init__(self, layer: nn.Module, make_linear):
+
+def _stacked(linears: list[nn.Linear]) -> nn.Linear:
+    """One nn.Linear whose output rows are the given linears' rows, in order."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    biases = [lin.bias for lin in linears]
+    with torch.device("meta"):          # no initialization of weights replaced right away
+        out = nn.Linear(weight.shape[1], weight.shape[0], bias=biases[0] is not None)
+    with torch.no_grad():
+        out.weight = nn.Parameter(weight, requires_grad=False)
+        if out.bias is not None:
+            out.bias = nn.Parameter(torch.cat([b.detach() for b in biases]), requires_grad=False)
+    return out
+
+
+class FusedLinear(nn.Module):
+    """Several linears stacked by output rows (FUSED). forward(x) returns the parts' outputs
+    concatenated on the last dimension; parts: ((short name, out_features), ...)."""
+
+    def __init__(self, inner: nn.Module, parts):
+        super().__init__()
+        self.inner, self.parts = inner, tuple(parts)
+        self.sizes = [n for _, n in self.parts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def describe_parts(self) -> list[tuple[str, dict]]:
+        """(short name, _describe row) per part, bytes and density of the part's own rows."""
+        rows, start = [], 0
+        for short, n in self.parts:
+            rows.append((short, _describe(self.inner, start, start + n)))
+            start += n
+        return rows
+
+    def extra_repr(self) -> str:
+        return "+".join(short for short, _ in self.parts)
+
+
+def _fast(module: nn.Module):
+    """The call the hot loop makes for a linear on a contiguous 2-D float32 input."""
+    inner = module.inner if isinstance(module, FusedLinear) else module
+    if isinstance(inner, SparseInt8Linear):
+        return inner.run2d
+    weight, bias = inner.weight, inner.bias
+    return lambda x: F.linear(x, weight, bias)
+
+
+class DecoderBlock(nn.Module):
+    """One decoder layer's weights: two RMSNorm gains and seven linears, q/k/v and gate/up
+    stacked (FUSED) unless can_fuse(names) says its parts are packed differently."""
+
+    def __init__(self, layer: nn.Module, make_linear, can_fuse=lambda names: True):
         super().__init__()
         self.register_buffer("input_norm", _copy(layer.input_layernorm.weight))
         self.register_buffer("post_norm", _copy(layer.post_attention_layernorm.weight))
+        done = set()
+        for group, shorts in FUSED.items():
+            longs = [_LONG[sh] for sh in shorts]
+            if can_fuse(longs):
+                linears = [layer.get_submodule(long) for long in longs]
+                fused = make_linear(longs[0], _stacked(linears))
+                setattr(self, group, FusedLinear(fused, [(sh, lin.out_features)
+                                                         for sh, lin in zip(shorts, linears, strict=True)]))
+                done.update(shorts)
         for long, short in _SHORT.items():
-            setattr(self, short, make_linear(long, layer.get_submodule(long)))
+            if short not in done:
+                setattr(self, short, make_linear(long, layer.get_submodule(long)))
+
+    def linears(self) -> list[tuple[str, nn.Module]]:
+        """(long name, module) per packed module, a fused group named by its parts."""
+        out = []
+        for long, short in _SHORT.items():
+            if hasattr(self, short):
+                out.append((long, getattr(self, short)))
+            else:
+                group = next(g for g, shorts in FUSED.items() if short in shorts)
+                if short == FUSED[group][0]:
+                    out.append(("+".join(_LONG[sh] for sh in FUSED[group]), getattr(self, group)))
+        return out
+
+    def hot(self):
+        """The per-layer callables of the hot loop: input norm, x -> (q, k, v), o, post
+        norm, x -> (gate, up), down; every linear on a contiguous [tokens, features] input."""
+        def split(group, shorts):
+            if hasattr(self, group):
+                run, sizes = _fast(getattr(self, group)), getattr(self, group).sizes
+                return lambda x: run(x).split(sizes, -1)
+            runs = [_fast(getattr(self, sh)) for sh in shorts]
+            return lambda x: [r(x) for r in runs]
+        return (self.input_norm, split("qkv", FUSED["qkv"]), _fast(self.o_proj), self.post_norm,
+                split("gate_up", FUSED["gate_up"]), _fast(self.down_proj))
 
 
-def _describe(module: nn.Module) -> dict:
-    """kind, shape, density (nonzero fraction) and bytes a forward streams of one linear."""
+def _describe(module: nn.Module, start: int = 0, stop: int | None = None) -> dict:
+    """kind, shape, density (nonzero fraction) and bytes a forward streams of one linear, or
+    of its output rows start..stop-1 (a part of a stacked layer)."""
     if isinstance(module, SparseInt8Linear):
         p = module.packed
         kind = "int8-sparse" if p.sparse else "int8-dense"
-        out_f, in_f, density, nbytes = p.out_features, p.in_features, p.density, p.nbytes
+        if stop is None:
+            out_f, in_f, density, nbytes = p.out_features, p.in_features, p.density, p.nbytes
+        else:
+            nnz, nbytes = p.row_stats(start, stop)
+            out_f, in_f = stop - start, p.in_features
+            density = nnz / max(out_f * in_f, 1)
     else:
-        w, b = module.weight, module.bias
+        w, b = module.weight[start:stop], module.bias
+        b = None if b is None else b[start:stop]
         kind, (out_f, in_f) = "fp32", w.shape
         density = float(torch.count_nonzero(w)) / max(w.numel(), 1)
         nbytes = w.nbytes + (0 if b is None else b.nbytes)
@@ -82,7 +177,7 @@ class PackedModel(nn.Module):
     """A Llama-family decoder built from a Hugging Face model's weights (the source is never
     modified), with its own generation loop. Build with `pack` or `PackedModel.from_fp32`."""
 
-    def __init__(self, model: nn.Module, make_linear, lm_head: str):
+    def __init__(self, model: nn.Module, make_linear, lm_head: str, can_fuse=lambda names: True):
         super().__init__()
         self.dims = llama_dims(model.config)
         spec = get_arch(model)
@@ -93,17 +188,16 @@ class PackedModel(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
         layers = model.get_submodule(spec.layers)
         self.layers = nn.ModuleList(
-            DecoderBlock(layer, lambda name, lin, i=i: make_linear(f"{spec.layers}.{i}.{name}", lin))
+            DecoderBlock(layer, lambda name, lin, i=i: make_linear(f"{spec.layers}.{i}.{name}", lin),
+                         lambda names, i=i: can_fuse([f"{spec.layers}.{i}.{n}" for n in names]))
             for i, layer in enumerate(layers))
         head, embed = model.get_submodule(spec.lm_head), model.get_submodule(spec.embed)
         self.tied = head.weight.data_ptr() == embed.weight.data_ptr()
         self._names = (spec.layers, spec.lm_head)
         self.lm_head = make_linear(spec.lm_head, head) if lm_head == "int8" else Fp32Linear(head)
         self._cache: KVCache | None = None
-        # the hot loop reads plain tuples of tensors and bound forwards, not module attributes
-        self._hot = [(b.input_norm, b.q_proj.forward, b.k_proj.forward, b.v_proj.forward,
-                      b.o_proj.forward, b.post_norm, b.gate_proj.forward, b.up_proj.forward,
-                      b.down_proj.forward) for b in self.layers]
+        # the hot loop reads plain tuples of tensors and kernel calls, not module attributes
+        self._hot = [b.hot() for b in self.layers]
         self._head = self.lm_head.forward
         self.eval()
 
@@ -122,18 +216,24 @@ class PackedModel(nn.Module):
 
         layers_path, head_name = self._names
         rows = []
-        named = [(f"{layers_path}.{i}.{long}", getattr(b, short))
-                 for i, b in enumerate(self.layers) for long, short in _SHORT.items()]
-        for name, module in [*named, (head_name, self.lm_head)]:
-            rows.append(dict(name=name, **_describe(module)))
+        for i, block in enumerate(self.layers):
+            for long, short in _SHORT.items():
+                group = next((g for g, shorts in FUSED.items() if short in shorts), None)
+                if hasattr(block, short) or group is None or not hasattr(block, group):
+                    rows.append(dict(name=f"{layers_path}.{i}.{long}", fused=False,
+                                     **_describe(getattr(block, short))))
+                elif short == FUSED[group][0]:
+                    rows += [dict(name=f"{layers_path}.{i}.{_LONG[sh]}", fused=True, **row)
+                             for sh, row in getattr(block, group).describe_parts()]
+        rows.append(dict(name=head_name, fused=False, **_describe(self.lm_head)))
         return pd.DataFrame(rows)
 
     @property
     def nbytes(self) -> int:
         """Weight bytes held: every linear (packed or FP32), the embedding and the norms. An FP32
         lm_head tied to the embedding shares its tensor and is counted once."""
-        linears = [getattr(b, s) for b in self.layers for s in _SHORT.values()]
-        total = sum(_describe(m)["nbytes"] for m in linears)
+        linears = [m for b in self.layers for _, m in b.linears()]
+        total = sum(_describe(m.inner if isinstance(m, FusedLinear) else m)["nbytes"] for m in linears)
         norms = self.final_norm.nbytes + sum(b.input_norm.nbytes + b.post_norm.nbytes
                                              for b in self.layers)
         shared = self.tied and isinstance(self.lm_head, Fp32Linear)
@@ -158,26 +258,27 @@ class PackedModel(nn.Module):
         # prefill: q [B, H, T, hd] and k [B, KV, T, hd] take cos [B, 1, T, hd]
         cos, sin = cos[:, None], sin[:, None]
         h = F.embedding(ids, self.embed)                                           # [B, T, hidden]
-        for i, (n1, q_proj, k_proj, v_proj, o_proj, n2, gate, up, down) in enumerate(self._hot):
-            x = rms_norm(h, n1, eps)
+        width = h.shape[-1]
+        for i, (n1, qkv, o_proj, n2, gate_up, down) in enumerate(self._hot):
+            q, k, v = qkv(rms_norm(h, n1, eps).view(B * T, width))                 # [B*T, .]
             if decode:
-                q = q_proj(x).view(B, KV, d.group, hd)
-                k, v = k_proj(x).view(B, KV, 1, hd), v_proj(x).view(B, KV, 1, hd)
+                q = q.view(B, KV, d.group, hd)
+                k, v = k.view(B, KV, 1, hd), v.view(B, KV, 1, hd)
             else:
-                q = q_proj(x).view(B, T, H, hd).transpose(1, 2)                    # [B, H, T, hd]
-                k = k_proj(x).view(B, T, KV, hd).transpose(1, 2)                   # [B, KV, T, hd]
-                v = v_proj(x).view(B, T, KV, hd).transpose(1, 2)
+                q = q.view(B, T, H, hd).transpose(1, 2)                            # [B, H, T, hd]
+                k = k.view(B, T, KV, hd).transpose(1, 2)                           # [B, KV, T, hd]
+                v = v.view(B, T, KV, hd).transpose(1, 2)
             q, k = llama.apply_rope(q, cos, sin), llama.apply_rope(k, cos, sin)
             cache.keys[i, :, :, s0:s1] = k
             cache.values[i, :, :, s0:s1] = v
             if decode:
                 keys, values = cache.keys[i, :, :, :s1], cache.values[i, :, :, :s1]
-                a = llama.decode_attention(q, keys, values, mask).reshape(B, 1, H * hd)
+                a = llama.decode_attention(q, keys, values, mask).reshape(B, H * hd)
             else:
-                a = llama.prefill_attention(q, k, v, mask).transpose(1, 2).reshape(B, T, H * hd)
-            h = h + o_proj(a)
-            x = rms_norm(h, n2, eps)
-            h = h + down(F.silu(gate(x)) * up(x))                                 # SwiGLU
+                a = llama.prefill_attention(q, k, v, mask).transpose(1, 2).reshape(B * T, H * hd)
+            h = h + o_proj(a.contiguous()).view(B, T, width)
+            gate, up = gate_up(rms_norm(h, n2, eps).view(B * T, width))
+            h = h + down(F.silu(gate) * up).view(B, T, width)                     # SwiGLU
         cache.length, cache.positions = s1, positions[:, -1] + 1
         if not all_logits:
             h = h[:, -1]                                                           # [B, hidden]
@@ -303,7 +404,10 @@ def pack(model: nn.Module, plan=None, lm_head: str = "int8", format: str = "auto
         fmt = "dense" if name == head_name else format
         return SparseInt8Linear.from_linear(linear, format=fmt, n_threads=n_threads)
 
-    return PackedModel(model, make_linear, lm_head)
+    def can_fuse(names: list[str]) -> bool:       # parts kept FP32 and parts packed: not stacked
+        return len({name in keep for name in names}) == 1
+
+    return PackedModel(model, make_linear, lm_head, can_fuse)
 
 
-__all__ = ["Fp32Linear", "PackedModel", "pack"]
+__all__ = ["FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "pack"]

@@ -244,29 +244,36 @@ class SweepConfig:
     """The sparsity sweep of notebooks 02 and 06: per-method unstructured sparsities, N:M
     structures, calibration windows and scores ({task: settings}, see evaluate_cached).
 
-    Sized for the machine: SparseGPT takes ~140 s a point with 32 windows of 512 tokens on 2
-    cores, Wanda ~80 s, magnitude seconds; each point's scores add about a minute."""
+    The default is sized so that `make reproduce` (notebooks 01-05) fits in 45 minutes on a
+    fresh cache on 2 cores: 13 pruned points (N:M for SparseGPT and Wanda); SparseGPT and Wanda cost mostly the calibration
+    forward passes (16 windows of 512 tokens), and each point's scores about 40 s (8
+    perplexity windows, 16 three-shot arith items, whose prompts dominate). `quick()` is the
+    smoke-test grid of `make test`."""
     levels: dict = field(default_factory=lambda: {
-        "sparsegpt": [0.3, 0.5, 0.7, 0.9], "wanda": [0.3, 0.5, 0.7, 0.9],
-        "magnitude": [0.1, 0.3, 0.5, 0.7, 0.9]})
+        "sparsegpt": [0.5, 0.7, 0.9], "wanda": [0.5, 0.7, 0.9],
+        "magnitude": [0.5, 0.7, 0.9]})
     structures: tuple[str, ...] = ("2:4", "4:8")
-    nsamples: int = 32
+    nsamples: int = 16
     seqlen: int = 512
     tasks: dict = field(default_factory=lambda: {
-        "ppl": {"seqlen": 512, "max_windows": 16},
-        "arith": {"kind": "one_step", "n": 48, "fewshot": 3}})
+        "ppl": {"seqlen": 512, "max_windows": 8},
+        "arith": {"kind": "one_step", "n": 16, "fewshot": 3}})
+    # N:M structures are run for these methods only (all when None)
+    structure_methods: tuple[str, ...] | None = ("sparsegpt", "wanda")
 
     @classmethod
     def quick(cls) -> SweepConfig:
-        """Minutes: the points `prune --quick` prunes (16 windows), 8 perplexity windows and
-        16 arith items."""
-        return cls(levels={"sparsegpt": [0.5], "wanda": [0.5], "magnitude": [0.5, 0.7]},
-                   structures=("2:4",), nsamples=16,
-                   tasks={"ppl": {"seqlen": 512, "max_windows": 8},
-                          "arith": {"kind": "one_step", "n": 16, "fewshot": 3}})
+        """Minutes on a fresh cache: SparseGPT and magnitude at 50%, magnitude 2:4, 4
+        perplexity windows and 8 arith items."""
+        return cls(levels={"sparsegpt": [0.5], "magnitude": [0.5]},
+                   structures=("2:4",), structure_methods=("magnitude",), nsamples=16,
+                   tasks={"ppl": {"seqlen": 512, "max_windows": 4},
+                          "arith": {"kind": "one_step", "n": 8, "fewshot": 3}})
 
     def grid(self) -> list[PruneConfig]:
-        return prune_grid(self.levels, self.structures)
+        grid = prune_grid(self.levels)
+        methods = self.structure_methods or tuple(self.levels)
+        return grid + prune_grid({m: [] for m in methods}, self.structures)
 
     def calibration(self, tokenizer) -> torch.Tensor:
         from workbench import data
@@ -275,6 +282,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict:
         return {"levels": self.levels, "structures": list(self.structures),
+                "structure_methods": list(self.structure_methods or self.levels),
                 "nsamples": self.nsamples, "seqlen": self.seqlen, "tasks": self.tasks}
 
 
