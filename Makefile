@@ -12,7 +12,26 @@ PYTEST_ARGS ?=
 
 .PHONY: setup reproduce experiments bench notebooks explorer test test-notebooks test-fast asan bench-kernels peers lab lint clean-build
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENV)/.chromium
+
+# Debian's chromium for the explorer's real-browser test (tests/test_explorer_browser.py),
+# installed with apt-get when it is missing and we are root (or have password-less sudo).
+# When that cannot be done setup goes on and the test skips with a loud warning; the stamp is
+# written only once chromium is there, so a later `make` tries again.
+$(VENV)/.chromium: | $(STAMP)
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then \
+		touch $@; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's chromium for the browser test (apt-get)"; \
+			($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+				chromium >/dev/null) && touch $@ || \
+				echo "WARNING: apt-get install chromium failed: the browser test will be SKIPPED"; \
+		else \
+			echo "WARNING: no chromium and no root apt-get: the browser test will be SKIPPED"; \
+		fi; \
+	fi
 
 # Idempotent: a second `make setup` does nothing unless an input above changed.
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
