@@ -126,7 +126,7 @@ bench-kernels: setup
 
 # Optional speed peer: llama.cpp through llama-cpp-python, built here from source for this CPU
 # only (no BLAS, no GPU, no multimodal library); `workbench.peers` skips it when absent.
-# About 15 minutes on 2 cores. --no-cache-dir: never reuse a wheel built with other flags.
+# About 10 minutes on 2 cores. --no-cache-dir: never reuse a wheel built with other flags.
 LLAMA_CPP_PY := llama-cpp-python==0.3.36
 LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF \
 	-DGGML_METAL=OFF -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF

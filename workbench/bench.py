@@ -13,13 +13,16 @@ tokens/s are reported separately. Systems (each a `System` with prefill and deco
   ours-fp32      our lean loop (workbench.runtime) with FP32 weights: loop overhead alone
   ours-int8      our loop, dense INT8 kernels
   ours-sparse-S  our loop, weights magnitude-pruned to S per row, bitmask-sparse INT8 kernels
+  llamacpp-Q     llama.cpp (llama-cpp-python, `make peers`) on a GGUF file of type Q (f32,
+                 q8_0, q4_0) written from the same FP32 weights (workbench.peers); batch 1
 
 Every system runs in its own subprocess so its peak RSS is its own. Sparse models for speed
 use magnitude pruning: the kernels' speed depends on the sparsity pattern's density, not on
-which weights survive. `shape_model(...)` builds random-weight Llama models with 7B or 1.1B
-shapes and k decoder layers (labelled "random-weight shape model" in every output): FP32 7B
-does not fit in 24 GB, so time per token is measured at k = 2, 4, 8 layers and extrapolated
-to the real depth with a least-squares line (intercept = embedding, head and loop overhead).
+which weights survive. Random-weight Llama models with 7B or 1.1B shapes (labelled "random
+weights" in every output) are built one decoder layer at a time (`streamed_shape_model`), so
+only the packed copy is ever held: packed systems run at the full depth. FP32 7B does not fit
+in 24 GB, so its time per token is measured at k = 2, 4, 8 layers and extrapolated to the
+real depth with a least-squares line (intercept = embedding, head and loop overhead).
 """
 
 from __future__ import annotations
@@ -198,9 +201,12 @@ def magnitude_sparsify_(model, sparsity: float) -> None:
                 lin.weight.scatter_(1, drop, 0.0)
 
 
+LLAMACPP_SYSTEMS = ("llamacpp-f32", "llamacpp-q8_0", "llamacpp-q4_0")
+
+
 def check_system(kind: str) -> None:
     """ValueError unless kind names a system (before any model is built)."""
-    if kind in ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8"):
+    if kind in ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8", *LLAMACPP_SYSTEMS):
         return
     if kind.startswith("ours-sparse-"):
         try:
@@ -209,14 +215,25 @@ def check_system(kind: str) -> None:
             sparsity = -1.0
         if 0 <= sparsity < 1:
             return
-    raise ValueError(f"unknown system {kind!r}: hf-fp32, hf-int8, ours-fp32, ours-int8 or "
-                     "ours-sparse-<sparsity in [0, 1)>")
+    raise ValueError(f"unknown system {kind!r}: hf-fp32, hf-int8, ours-fp32, ours-int8, "
+                     f"ours-sparse-<sparsity in [0, 1)> or {', '.join(LLAMACPP_SYSTEMS)}")
 
 
 def build_system(kind: str, model_name: str, layers: int | None = None,
-                 new_tokens: int = 128) -> tuple[System, int]:
-    """(System, vocab) for one configuration; kind as in the module docstring."""
+                 new_tokens: int = 128, threads: int = 1, prompt_len: int = 128) -> tuple[System, int]:
+    """(System, vocab) for one configuration; kind as in the module docstring. threads is
+    used by llama.cpp systems only (fixed when built; ours and torch read it per call)."""
     check_system(kind)
+    if kind in LLAMACPP_SYSTEMS:
+        from workbench import peers
+
+        if model_name in SHAPES:
+            raise ValueError("llama.cpp systems run the embedded model only")
+        path = peers.gguf_for(model_name, kind.split("-", 1)[1].upper())
+        system = peers.llamacpp_system(path, n_threads=threads, n_ctx=prompt_len + new_tokens + 8)
+        from workbench.models import load_model
+
+        return system, load_model(model_name)[0].config.vocab_size
     if model_name in SHAPES and kind.startswith("ours-"):
         sparsity = float(kind.rsplit("-", 1)[1]) if kind.startswith("ours-sparse-") else 0.0
         model = streamed_shape_model(model_name, layers or 2, sparsity)
@@ -252,13 +269,17 @@ def measure(kind: str, model_name: str, batches: list[int], threads: list[int], 
             new_tokens: int, layers: int | None = None, repeats: int = 3) -> list[SpeedResult]:
     """Every (batch, threads) of one system, built once, in this process. Peak RSS is the
     process's (see run_isolated)."""
-    system, vocab = build_system(kind, model_name, layers, new_tokens)
     label = model_name if layers is None else f"{model_name} ({layers} layers, random weights)"
-    out = []
+    out, system = [], None
     for t in threads:
         torch.set_num_threads(t)
         os.environ["WORKBENCH_NUM_THREADS"] = str(t)
+        if system is None or kind in LLAMACPP_SYSTEMS:            # llama.cpp fixes its threads
+            system = None                                         # free the previous one first
+            system, vocab = build_system(kind, model_name, layers, new_tokens, t, prompt_len)
         for b in batches:
+            if b > 1 and kind in LLAMACPP_SYSTEMS:
+                continue                                          # llama-cpp-python: batch 1
             pre, dec = tokens_per_sec(system, vocab, b, prompt_len, new_tokens, repeats=repeats)
             out.append(SpeedResult(kind, label, b, t, prompt_len, new_tokens, pre, dec,
                                    1e3 * b / dec,
@@ -429,7 +450,7 @@ def _line(r: SpeedResult) -> str:
             f"({r.decode_ms_per_token:.2f} ms/token)  peak RSS {r.peak_rss_mb:.0f} MB")
 
 
-__all__ = ["agreement_table", "greedy_agreement", "check_system", "EMBEDDED_SYSTEMS", "FIT_SYSTEMS", "FULL_SYSTEMS", "SHAPE_MODELS",
+__all__ = ["LLAMACPP_SYSTEMS", "agreement_table", "greedy_agreement", "check_system", "EMBEDDED_SYSTEMS", "FIT_SYSTEMS", "FULL_SYSTEMS", "SHAPE_MODELS",
            "SHAPES", "SHAPE_SYSTEMS", "resident_mb", "shape_fp32_gb", "streamed_shape_model", "run_decode", "SpeedResult", "System", "build_system", "extrapolate", "hf_system",
            "magnitude_sparsify_", "measure", "run_isolated", "runtime_system", "shape_model",
            "tokens_per_sec"]

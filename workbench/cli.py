@@ -356,6 +356,13 @@ def cmd_bench(args) -> int:
     batches = _int_list(args.batches, "--batches")
     systems = tuple(args.systems.split(",")) if args.systems else (
         ("ours-fp32", "ours-int8", "ours-sparse-0.7") if quick else bench.EMBEDDED_SYSTEMS)
+    if not args.systems and not quick:
+        from workbench import peers
+
+        if peers.llamacpp_available():
+            systems += bench.LLAMACPP_SYSTEMS
+        else:
+            print("llama.cpp peer not installed (`make peers`): its systems are skipped")
     layers = _int_list(args.shape_layers, "--shape-layers") if args.shape_layers else []
     shape_models = tuple(m for m in args.shape_models.split(",") if m.strip())
     bad = [m for m in shape_models if m not in SHAPE_MODEL_NAMES]
