@@ -223,3 +223,22 @@ def test_quantize_refuses_unsupported_architecture():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
         quantize_(model)
+
+
+def test_per_token_fake_quant_matches_the_kernels_quantizer_exactly():
+    """The fake-quant model and the packed kernels must round activations identically: a
+    regression for 127 / absmax computed as 127 * (1 / absmax), an ulp off."""
+    import numpy as np
+
+    from workbench import kernels
+    from workbench.quant import _absmax_quantize
+
+    x = torch.tensor([[0.49766236543655396, 0.10776153206825256]])
+    q, _ = _absmax_quantize(x, x.abs().amax(1, keepdim=True))
+    kq, _ = kernels.quantize_per_token(x.numpy())
+    assert q.tolist() == [[127.0, 28.0]] and kq.tolist() == [[127, 28]]
+    rows = torch.randn(4000, 96, generator=torch.Generator().manual_seed(0)) * torch.rand(4000, 1)
+    q, scale = _absmax_quantize(rows, rows.abs().amax(1, keepdim=True))
+    kq, kscale = kernels.quantize_per_token(rows.numpy())
+    np.testing.assert_array_equal(q.numpy().astype(np.int8), kq)
+    np.testing.assert_array_equal(scale.reshape(-1).numpy(), kscale.reshape(-1))

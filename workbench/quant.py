@@ -72,7 +72,10 @@ def _absmax_quantize(x: torch.Tensor, absmax: torch.Tensor) -> tuple[torch.Tenso
     (quantize_per_token_ref's arithmetic). absmax broadcasts against x; absmax 0 gives q 0,
     scale 0, never NaN."""
     absmax = absmax.float()
-    inv = torch.where(absmax > 0, QMAX / absmax, torch.zeros_like(absmax))
+    # A true float32 division: `QMAX / absmax` is evaluated by torch as 127 * (1 / absmax),
+    # one rounding more, and then differs from the kernels' 127/absmax by an ulp, which moves
+    # some q by one at a .5 boundary (e.g. 0.10776 in a row of absmax 0.49766: 27 vs 28).
+    inv = torch.where(absmax > 0, torch.full_like(absmax, QMAX) / absmax, torch.zeros_like(absmax))
     q = torch.round(x.float() * inv).clamp_(-QMAX, QMAX)
     return q, absmax / QMAX
 
