@@ -95,8 +95,7 @@ explorer: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The notebooks in quick mode (excluded from `make test` until their cold-cache time is
-# measured; see tests/test_notebooks.py).
+# The notebooks alone, in quick mode (`make test` runs them too; see tests/test_notebooks.py).
 test-notebooks: setup
 	WORKBENCH_QUICK=1 $(BIN)/python -m pytest -q -m notebooks tests/test_notebooks.py $(PYTEST_ARGS)
 

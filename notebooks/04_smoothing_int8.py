@@ -93,14 +93,14 @@ plots.save_figure(fig, "w8a8_smoothing", config=config);
 # %% [markdown]
 # ## Selective quantization: keep the top-k outlier layers in FP32
 # Per-tensor activations without smoothing, where the outliers hurt most. Two orders: the range
-# heuristic from notebook 01's profile and the measured one-layer sensitivity (both cached by
-# `python -m workbench outliers --measure`). k = 0 is the fully quantized model.
+# heuristic from notebook 01's profile and the measured one-layer sensitivity (both cached:
+# notebook 01 computed them on the same windows). k = 0 is the fully quantized model.
 
 # %%
 model_fp = cache.fingerprint_model(model)
 profile_calib = data.calibration_set(tok, "pydoc", nsamples=4 if QUICK else 16, seqlen=512)
 heuristic = rank_outlier_layers(cached_profile(model, profile_calib, model_fp=model_fp), k=10)
-measured = cached_layer_sensitivity(model, profile_calib[:2], QuantConfig(activations="per_tensor"),
+measured = cached_layer_sensitivity(model, profile_calib[:1], QuantConfig(activations="per_tensor"),
                                     model_fp=model_fp)
 orders = {"range heuristic": list(heuristic.frame["name"]), "measured": measured.top(len(measured.frame))}
 selective = pd.concat([selective_w8a8_table(MODEL, calib, corpus, order, ks=KS,

@@ -1,8 +1,9 @@
 """Every notebook executes headless in quick mode (jupytext -> ipynb -> papermill), writing its
 figures and tables into a scratch $WORKBENCH_RESULTS so the committed ones stay untouched.
 
-They share the result cache with `WORKBENCH_QUICK=1 make reproduce`: after it, each takes
-seconds to a minute; on an empty cache the first run computes the quick points (minutes).
+They run in `make test` (and alone in `make test-notebooks`) and share the result cache with
+`WORKBENCH_QUICK=1 make reproduce`: after it, each takes seconds; on an empty cache the first
+run computes the quick points (a few minutes for all six).
 """
 
 from pathlib import Path

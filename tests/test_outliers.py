@@ -235,3 +235,31 @@ def test_reversed_rankings_disagree_fully():
     assert out["heuristic_top"] == NAMES[:3] and out["measured_top"] == NAMES[::-1][:3]
     partial = compare_rankings(_ranking(), measured, k=6)   # top-6 sets share layers 4 and 5
     assert partial["overlap"] == 2 and partial["jaccard"] == pytest.approx(2 / 10)
+
+
+def test_replayed_losses_equal_full_forward_losses():
+    """Rerunning only the layers from the changed one on equals a whole forward pass."""
+    from workbench.outliers import mean_next_token_loss
+
+    model, _ = tiny_llama(seed=0)
+    model.eval()
+    calib = _calib()
+
+    def zeroed_copy(lin):
+        new = copy.deepcopy(lin)
+        with torch.no_grad():
+            new.weight.mul_(0.5)
+        return new
+
+    res = measure_layer_sensitivity(model, calib, quantize_layer=zeroed_copy, batch_size=3)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        original = getattr(parent, child)
+        setattr(parent, child, zeroed_copy(original))
+        try:
+            full = mean_next_token_loss(model, calib, batch_size=3)
+        finally:
+            setattr(parent, child, original)
+        got = float(res.frame.set_index("name").loc[name, "loss"])
+        assert got == pytest.approx(full, rel=1e-6, abs=1e-9)
