@@ -33,9 +33,9 @@ MODEL = "smollm2-135m"
 # ## The grid
 # `SweepConfig` holds the grid, the calibration and the scores; notebook 06's explorer uses
 # the same one, so it reads these points from the cache. The grid is sized to fit
-# `make reproduce` in 45 minutes on 2 cores: SparseGPT and Wanda cost mostly the forward passes
-# over the 16 calibration windows of 512 tokens, magnitude seconds, and each point's scores
-# about 40 s (8 perplexity windows; 16 three-shot arith items, whose long prompts dominate).
+# `make reproduce` in 45 minutes on 2 cores: SparseGPT (~50 s a point) and Wanda (~20 s) cost
+# mostly the forward passes over the 8 calibration windows of 512 tokens, magnitude seconds,
+# and each point's scores about 27 s (8 perplexity windows; 16 three-shot arith items).
 # Larger runs: `python -m workbench prune` (see `make experiments`). Quick mode is a smoke test.
 
 # %%

@@ -34,7 +34,7 @@ import os
 
 QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
 MODEL = "smollm2-135m"
-DISTILL_ARGS = "--sparsities 0.5,0.7 --sft-steps 20 --steps 8 --nsamples 16 --eval-n 16 --max-windows 4"
+DISTILL_ARGS = "--sparsities 0.5,0.7 --sft-steps 20 --steps 8 --nsamples 8 --eval-n 16 --max-windows 4"
 
 # %%
 import matplotlib.pyplot as plt

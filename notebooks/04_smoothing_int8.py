@@ -40,10 +40,10 @@ from workbench.quant import QuantConfig
 from workbench.sweep import selective_w8a8_table, w8a8_table
 
 plots.use_style()
-# 16 calibration windows (notebook 02's, so its 50% SparseGPT point is read from the cache) and
+# 8 calibration windows (notebook 02's, so its 50% SparseGPT point is read from the cache) and
 # 8 perplexity windows (4 quick), sized for `make reproduce`; the quant CLI (`make experiments`)
 # takes 128 and 16.
-NSAMPLES, WINDOWS = (16, 4) if QUICK else (16, 8)
+NSAMPLES, WINDOWS = (8, 4) if QUICK else (8, 8)
 ALPHAS = [0.5] if QUICK else [0.3, 0.5, 0.8]
 SPARSITIES = [0.0, 0.5]
 KS = [0, 3] if QUICK else [0, 1, 3, 10]

@@ -245,15 +245,15 @@ class SweepConfig:
     structures, calibration windows and scores ({task: settings}, see evaluate_cached).
 
     The default is sized so that `make reproduce` (notebooks 01-05) fits in 45 minutes on a
-    fresh cache on 2 cores: 13 pruned points (N:M for SparseGPT and Wanda); SparseGPT and Wanda cost mostly the calibration
-    forward passes (16 windows of 512 tokens), and each point's scores about 40 s (8
-    perplexity windows, 16 three-shot arith items, whose prompts dominate). `quick()` is the
-    smoke-test grid of `make test`."""
+    fresh cache on 2 cores: 13 pruned points (N:M for SparseGPT and Wanda), 8 calibration
+    windows of 512 tokens (SparseGPT's two block passes per layer over them dominate its ~50 s
+    a point), and each point's scores about 27 s (8 perplexity windows, 16 three-shot arith
+    items). `quick()` is the smoke-test grid of `make test`."""
     levels: dict = field(default_factory=lambda: {
         "sparsegpt": [0.5, 0.7, 0.9], "wanda": [0.5, 0.7, 0.9],
         "magnitude": [0.5, 0.7, 0.9]})
     structures: tuple[str, ...] = ("2:4", "4:8")
-    nsamples: int = 16
+    nsamples: int = 8
     seqlen: int = 512
     tasks: dict = field(default_factory=lambda: {
         "ppl": {"seqlen": 512, "max_windows": 8},
@@ -266,7 +266,7 @@ class SweepConfig:
         """Minutes on a fresh cache: SparseGPT and magnitude at 50%, magnitude 2:4, 4
         perplexity windows and 8 arith items."""
         return cls(levels={"sparsegpt": [0.5], "magnitude": [0.5]},
-                   structures=("2:4",), structure_methods=("magnitude",), nsamples=16,
+                   structures=("2:4",), structure_methods=("magnitude",), nsamples=8,
                    tasks={"ppl": {"seqlen": 512, "max_windows": 4},
                           "arith": {"kind": "one_step", "n": 8, "fewshot": 3}})
 
