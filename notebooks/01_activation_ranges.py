@@ -42,8 +42,9 @@ from workbench.quant import QuantConfig
 plots.use_style()
 # 16 pydoc windows of 512 tokens (4 in quick mode; the outliers CLI takes 32), and the first
 # of them for the measured sensitivity (210 one-layer W8A8 losses over its 511 predicted
-# tokens; the CLI takes 2 windows). The first windows are the same in every mode.
-NSAMPLES, MEASURE_SAMPLES = (4, 1) if QUICK else (16, 1)
+# tokens, its first 128 in quick mode; the CLI takes 2 windows). The first windows are the
+# same in every mode.
+NSAMPLES, MEASURE_TOKENS = (4, 128) if QUICK else (16, 512)
 model, tok = load_model(MODEL)
 model_fp = cache.fingerprint_model(model)
 calib = data.calibration_set(tok, "pydoc", nsamples=NSAMPLES, seqlen=512)
@@ -121,11 +122,12 @@ plots.save_figure(fig, "massive_activations", config={"model": MODEL, "nsamples"
 # %% [markdown]
 # ## Heuristic vs measured sensitivity
 # The measurement quantizes one Linear at a time to W8A8 (per-tensor activations, where
-# outliers hurt most), measures the next-token loss on two calibration windows, and restores
-# it: 210 forward passes. The heuristic needs none. How well do they agree?
+# outliers hurt most), measures the next-token loss on one calibration window, and restores
+# it: 210 forward passes (each from the changed layer on). The heuristic needs none. How well
+# do they agree?
 
 # %%
-measured = cached_layer_sensitivity(model, calib[:MEASURE_SAMPLES],
+measured = cached_layer_sensitivity(model, calib[:1, :MEASURE_TOKENS],
                                     QuantConfig(activations="per_tensor"), model_fp=model_fp)
 agreement = {LABEL[first]: compare_rankings(rankings[first], measured, k=K) for first in (True, False)}
 {label: (a["overlap"], round(a["spearman"], 3)) for label, a in agreement.items()}
@@ -140,7 +142,7 @@ ax.set_xlabel("input range (heuristic)")
 ax.set_ylabel("loss increase when quantized alone")
 ax.set_title(f"Spearman {agreement[LABEL[True]]['spearman']:.2f}; "
              f"top-{K} overlap {agreement[LABEL[True]]['overlap']}/{K}")
-plots.save_figure(fig, "outlier_sensitivity", config={"model": MODEL, "measure_samples": MEASURE_SAMPLES});
+plots.save_figure(fig, "outlier_sensitivity", config={"model": MODEL, "measure_tokens": MEASURE_TOKENS});
 
 # %%
 side = pd.DataFrame({"rank": list(range(1, K + 1)),
