@@ -41,10 +41,10 @@ from workbench.quant import QuantConfig
 
 plots.use_style()
 # 16 pydoc windows of 512 tokens (4 in quick mode; the outliers CLI takes 32), and the first
-# of them for the measured sensitivity (210 one-layer W8A8 losses over its 511 predicted
-# tokens, its first 128 in quick mode; the CLI takes 2 windows). The first windows are the
-# same in every mode.
-NSAMPLES, MEASURE_TOKENS = (4, 128) if QUICK else (16, 512)
+# of them, cut to 256 tokens (128 in quick mode), for the measured sensitivity: 210 one-layer
+# W8A8 losses, each a forward pass from the changed layer on, LM head included (the CLI takes
+# 2 whole windows). The first windows are the same in every mode.
+NSAMPLES, MEASURE_TOKENS = (4, 128) if QUICK else (16, 256)
 model, tok = load_model(MODEL)
 model_fp = cache.fingerprint_model(model)
 calib = data.calibration_set(tok, "pydoc", nsamples=NSAMPLES, seqlen=512)
@@ -122,7 +122,7 @@ plots.save_figure(fig, "massive_activations", config={"model": MODEL, "nsamples"
 # %% [markdown]
 # ## Heuristic vs measured sensitivity
 # The measurement quantizes one Linear at a time to W8A8 (per-tensor activations, where
-# outliers hurt most), measures the next-token loss on one calibration window, and restores
+# outliers hurt most), measures the next-token loss on part of a calibration window, restores
 # it: 210 forward passes (each from the changed layer on). The heuristic needs none. How well
 # do they agree?
 

@@ -100,7 +100,7 @@ plots.save_figure(fig, "w8a8_smoothing", config=config);
 model_fp = cache.fingerprint_model(model)
 profile_calib = data.calibration_set(tok, "pydoc", nsamples=4 if QUICK else 16, seqlen=512)
 heuristic = rank_outlier_layers(cached_profile(model, profile_calib, model_fp=model_fp), k=10)
-measured = cached_layer_sensitivity(model, profile_calib[:1, :128 if QUICK else 512],
+measured = cached_layer_sensitivity(model, profile_calib[:1, :128 if QUICK else 256],
                                     QuantConfig(activations="per_tensor"),
                                     model_fp=model_fp)
 orders = {"range heuristic": list(heuristic.frame["name"]), "measured": measured.top(len(measured.frame))}
