@@ -56,23 +56,23 @@ def gguf_rows(d):
     return [j // 2 + (j % 2) * (d // 2) for j in range(d)]
 
 
-def to_gguf_layout(name, w, config):
+def _relayout(name, w, config, to_gguf: bool):
+    """w's q/k rows in llama.cpp's order (to_gguf) or back in Hugging Face's; others as is."""
     heads = {"attn_q.weight": config.num_attention_heads, "attn_k.weight": config.num_key_value_heads}
     n = next((h for suffix, h in heads.items() if name.endswith(suffix)), None)
     if n is None:
         return w
     d = w.shape[0] // n
-    return w[[h * d + r for h in range(n) for r in gguf_rows(d)]]
+    order = gguf_rows(d) if to_gguf else np.argsort(gguf_rows(d))
+    return w[[h * d + r for h in range(n) for r in order]]
+
+
+def to_gguf_layout(name, w, config):
+    return _relayout(name, w, config, to_gguf=True)
 
 
 def to_hf_layout(name, w, config):
-    heads = {"attn_q.weight": config.num_attention_heads, "attn_k.weight": config.num_key_value_heads}
-    n = next((h for suffix, h in heads.items() if name.endswith(suffix)), None)
-    if n is None:
-        return w
-    d = w.shape[0] // n
-    inverse = np.argsort(gguf_rows(d))
-    return w[[h * d + r for h in range(n) for r in inverse]]
+    return _relayout(name, w, config, to_gguf=False)
 
 
 def hf_names(config):
