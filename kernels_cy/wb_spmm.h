@@ -43,6 +43,16 @@ enum { WB_ISA_GENERIC = 0, WB_ISA_AVX2 = 1, WB_ISA_AVX512VNNI = 2 };
 
 static inline int wb_popcount64(uint64_t m) { return __builtin_popcountll(m); }
 
+/* Software prefetch for the batch-1 sparse dots. A sparse row is two interleaved streams (mask
+ * words and packed values) whose value addresses depend on the masks' popcounts; the hardware
+ * prefetcher alone kept the VNNI dot at 7-8 GB/s from DRAM (22% of the read probe at 70%),
+ * and prefetching 2 KiB ahead in the values and 512 bytes ahead in the masks made it 2.8x
+ * faster in a stand-alone test of 4096x4096 rows. A prefetch never faults, so running past
+ * the last row is harmless. */
+#define WB_PF_VALS 2048
+#define WB_PF_MASK_WORDS 64
+#define WB_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+
 /* ------------------------------------------------------------------ CPU detection */
 
 static int wb_cpu_has(int isa) {
@@ -168,6 +178,8 @@ WB_AVX2 static int32_t wb_sparse_dot_avx2(const uint64_t *mask, const int8_t *v,
     for (int64_t b = 0; b < words; b++) {
         uint32_t lo = (uint32_t)mask[b], hi = (uint32_t)(mask[b] >> 32);
         const char *mb = (const char *)(mask + b);          /* little-endian: low half first */
+        WB_PREFETCH(mask + b + WB_PF_MASK_WORDS);
+        WB_PREFETCH(v + WB_PF_VALS);
         __m256i w0 = wb_expand32_avx2(mb, v, __builtin_popcount(lo & 0xffff));
         v += __builtin_popcount(lo);
         __m256i w1 = wb_expand32_avx2(mb + 4, v, __builtin_popcount(hi & 0xffff));
@@ -244,6 +256,9 @@ WB_VNNI static int32_t wb_sparse_dot_vnni(const uint64_t *mask, const int8_t *v,
     int64_t b = 0;
     for (; b + 2 <= words; b += 2) {
         uint64_t m0 = mask[b], m1 = mask[b + 1];
+        WB_PREFETCH(mask + b + WB_PF_MASK_WORDS);
+        WB_PREFETCH(v + WB_PF_VALS);
+        WB_PREFETCH(v + WB_PF_VALS + 64);
         __m512i w0 = wb_expandload64(m0, v);
         v += wb_popcount64(m0);
         __m512i w1 = wb_expandload64(m1, v);
