@@ -6,6 +6,7 @@ for a specific instruction set is selected at run time, so one build runs on any
 Set WORKBENCH_DEBUG_FLAGS (e.g. "-fsanitize=address -g") to add compile and link flags.
 """
 
+import glob
 import os
 import shlex
 import sys
@@ -32,7 +33,10 @@ class BuildExt(build_ext):
         ctype = self.compiler.compiler_type
         cmd = " ".join(getattr(self.compiler, "compiler_so", None) or [ctype])
         use_omp = os.environ.get("WORKBENCH_NO_OPENMP", "0") not in ("1", "true", "yes")
-        opt = ["/O2"] if ctype == "msvc" else ["-O3", "-fno-math-errno", "-Wno-unused-function"]
+        # -ffp-contract=off: no multiply-add is fused behind the code's back, so the float rescale
+        # and the engine's elementwise math round exactly as the NumPy and torch references do
+        opt = (["/O2", "/fp:precise"] if ctype == "msvc" else
+               ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-unused-function"])
         omp_c, omp_l = _openmp_flags(ctype, cmd) if use_omp else ([], [])
         extra = shlex.split(os.environ.get("WORKBENCH_DEBUG_FLAGS", ""))
         for ext in self.extensions:
@@ -51,9 +55,13 @@ class BuildExt(build_ext):
 def _extensions():
     from Cython.Build import cythonize
 
+    # every header is a dependency of both modules: an edited header recompiles them
+    headers = sorted(glob.glob("kernels_cy/*.h"))
     exts = [
-        Extension("workbench._quant", ["kernels_cy/_quant.pyx"], include_dirs=["kernels_cy"]),
-        Extension("workbench._linear", ["kernels_cy/_linear.pyx"], include_dirs=["kernels_cy"]),
+        Extension("workbench._quant", ["kernels_cy/_quant.pyx"], include_dirs=["kernels_cy"],
+                  depends=headers),
+        Extension("workbench._linear", ["kernels_cy/_linear.pyx"], include_dirs=["kernels_cy"],
+                  depends=headers),
     ]
     return cythonize(
         exts,

@@ -1,43 +1,92 @@
 # cython: language_level=3
-"""y = W·x for packed INT8 weights (dense or bitmask-sparse) and float32 activations.
+"""Compiled kernels: one packed Linear layer (`Kernel`) and the whole-model decode engine
+(`Engine`), both thin Cython shells over the C in wb_linear.h / wb_engine.h.
 
 A `Kernel` holds one packed layer (pointers into the arrays of a workbench.packing.PackedLinear,
-which it keeps alive) so a forward call converts only its input and output buffers: at batch 1
-the Python-side cost per call is a few microseconds. `Kernel.run` then works without the GIL,
-with OpenMP over an explicit n_threads:
-  1. per-token (or static) INT8 quantization of x into xq [n, kp], zero padded to kp
-     (in_features rounded up to 64), plus the second encoding xa the ISA path needs
-     (AVX2: |xq|; AVX-512 VNNI: xq + 128; generic: unused);
-  2. integer dot products of every weight row with every token, then
-     y[t, r] = (float(acc) * x_scale[t]) * w_scale[r] + bias[r].
-Batch 1 (decode) decodes each sparse row straight into registers. Batch n > 1 (prefill) walks
-the tokens in blocks whose activations stay in L2, expands two sparse rows at a time into a
-per-thread scratch and runs a 2-row x 4-token tile on them.
-The SIMD micro-kernels live in wb_spmm.h; the format is described there.
+which it keeps alive). Its contents are validated ONCE, here, before any nogil call can read
+them: shapes, row offsets equal to the running popcount of the masks, value padding, weights in
+[-127, 127] (a -128 would break the AVX2 sign trick silently), per-row sums equal to the rows'
+sums (the VNNI path subtracts 128 * rowsum), in_features <= 65536 (int32 headroom). A corrupted
+PackedLinear is a ValueError, never an out-of-bounds read.
+
+An `Engine` holds the C description of a packed Llama model (its Kernels, FP32 weights, norms,
+RoPE tables) and runs B rows x T tokens through every layer in one nogil call (wb_engine.h).
+Buffers it writes (KV cache, logits) are the caller's; its scratch is its own, grown on demand,
+so decode steps allocate nothing.
 """
 
-from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport int8_t, uint8_t, int32_t, int64_t, uint64_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, free, calloc
 from libc.string cimport memset
-from _qrow cimport quantize_row, quantize_row_static
 
-cdef extern from "wb_spmm.h" nogil:
+cdef extern from "wb_engine.h" nogil:
     int WB_ISA_GENERIC
     int WB_ISA_AVX2
     int WB_ISA_AVX512VNNI
+    int WB_LIN_DENSE
+    int WB_LIN_SPARSE
+    int WB_LIN_FP32
     int wb_cpu_has(int isa)
     int wb_isa_compiled(int isa)
-    int32_t wb_dense_dot(int isa, const int8_t* w, const int8_t* x, const uint8_t* xa, int64_t kp)
-    int32_t wb_sparse_dot(int isa, const uint64_t* mask, const int8_t* v, int64_t words,
-                          const int8_t* x, const uint8_t* xa)
-    void wb_expand(int isa, const uint64_t* mask, const int8_t* v, int64_t words, int8_t* dst)
-    void wb_dense_rows2(int isa, const int8_t* w0, const int8_t* w1, const int8_t* x,
-                        const uint8_t* xa, int64_t n, int64_t kp, int32_t* out, int64_t ldo)
+
+    ctypedef struct wb_lin:
+        int kind
+        int64_t rows, in_features, kp, words
+        const int8_t* wd
+        const uint64_t* mask
+        const int8_t* vals
+        const int64_t* row_ptr
+        const int32_t* rowsum
+        const float* w_scale
+        const float* wf
+        const float* bias
+        float static_scale, static_inv
+
+    ctypedef struct wb_layer:
+        const float* in_norm
+        const float* post_norm
+        wb_lin qkv[3]
+        int n_qkv
+        wb_lin o
+        wb_lin gu[2]
+        int n_gu
+        wb_lin down
+
+    ctypedef struct wb_model:
+        int64_t n_layers, hidden, n_heads, n_kv, head_dim, inter, vocab, max_pos
+        double eps
+        const float* embed
+        const float* final_norm
+        const float* cos
+        const float* sin
+        const wb_layer* layers
+        wb_lin head
+        int64_t kp_max
+
+    ctypedef struct wb_call:
+        int64_t B, T
+        const int64_t* ids
+        const int64_t* pos
+        float* keys
+        float* values
+        int64_t cap, s0
+        const uint8_t* key_mask
+        int all_logits
+        float* logits
+        int64_t* next
+        int isa, n_threads
+        char* scratch
+
+    int64_t wb_linear_work_bytes(int64_t kp, int64_t n, int nth)
+    int wb_linear_forward(const wb_lin* L, int isa, int n_threads, const float* x, int64_t n,
+                          float* y, int32_t* acc, char* work)
+    int64_t wb_engine_layout(const wb_model* m, int64_t N, int nth, int64_t cap, char* base,
+                             void* s)
+    int wb_engine_forward(const wb_model* m, const wb_call* c)
 
 ISA_NAMES = {"generic": WB_ISA_GENERIC, "avx2": WB_ISA_AVX2, "avx512vnni": WB_ISA_AVX512VNNI}
-cdef enum:
-    TOKEN_BLOCK_BYTES = 196608     # activations (xq + xa) of one token block: fits a 256K+ L2
+MAX_IN_FEATURES = 65536
+MAX_HEAD_DIM = 512
 
 
 def isa_supported(int isa):
@@ -45,62 +94,30 @@ def isa_supported(int isa):
     return bool(wb_isa_compiled(isa) and wb_cpu_has(isa))
 
 
-cdef inline Py_ssize_t _token_block(Py_ssize_t kp) noexcept nogil:
-    """Tokens per block: a multiple of 4 whose xq + xa fit TOKEN_BLOCK_BYTES (at least 4)."""
-    cdef Py_ssize_t block = TOKEN_BLOCK_BYTES // (2 * kp) if kp else 4
-    return 4 * (block // 4) if block >= 8 else 4
+cdef int _check_isa(int isa, int n_threads) except -1:
+    """A path this CPU cannot run would die of SIGILL inside the nogil call: refuse it here."""
+    if not (wb_isa_compiled(isa) and wb_cpu_has(isa)):
+        raise ValueError(f"kernel ISA code {isa} is not available on this CPU")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    return 0
 
 
-cdef int _prepare_row(const float* x, int8_t* q, uint8_t* a, float* sx, Py_ssize_t k,
-                      Py_ssize_t kp, float static_scale, float static_inv, int isa) noexcept nogil:
-    """Quantize one token into q (zero padded to kp) and its ISA encoding a; 1 on NaN/Inf."""
-    cdef int bad
-    cdef Py_ssize_t j
-    if static_scale < 0:
-        if k > 0:
-            bad = quantize_row(x, <signed char*>q, sx, k)
-        else:
-            bad = 0
-            sx[0] = 0
-    else:
-        bad = quantize_row_static(x, <signed char*>q, static_inv, k)
-        sx[0] = static_scale
-    if kp > k:
-        memset(q + k, 0, kp - k)
-    if isa == WB_ISA_AVX2:
-        for j in range(kp):
-            a[j] = <uint8_t>(q[j] if q[j] >= 0 else -q[j])
-    elif isa == WB_ISA_AVX512VNNI:
-        for j in range(kp):
-            a[j] = <uint8_t>(<int>q[j] + 128)
-    return bad
+cdef extern from *:
+    int __builtin_popcountll(unsigned long long) nogil
 
 
-cdef inline void _finish(int32_t a, Py_ssize_t t, Py_ssize_t r, bint vnni, const int32_t* rowsum,
-                         const float* x_scale, const float* w_scale, const float* bias,
-                         float* y, int32_t* acc, Py_ssize_t ld) noexcept nogil:
-    """Write one output: exact int32 accumulator (optional) and its float rescale."""
-    if vnni:
-        a = a - 128 * rowsum[r]                  # undo the +128 shift of the activations
-    if acc != NULL:
-        acc[t * ld + r] = a
-    y[t * ld + r] = (<float>a * x_scale[t]) * w_scale[r] + (bias[r] if bias != NULL else 0.0)
+cdef inline int _popcount(uint64_t m) noexcept nogil:
+    return __builtin_popcountll(m)
 
 
 cdef class Kernel:
-    """One packed Linear layer, ready to run. Arrays are validated here once."""
+    """One packed INT8 Linear layer, validated and ready to run."""
 
     cdef object arrays                  # keeps the NumPy buffers alive
+    cdef wb_lin lin
     cdef readonly Py_ssize_t rows, kp, in_features
     cdef readonly bint sparse
-    cdef float static_scale, static_inv
-    cdef const int8_t* wd
-    cdef const uint64_t* mask
-    cdef const int8_t* vals
-    cdef const int64_t* row_ptr
-    cdef const int32_t* rowsum
-    cdef const float* w_scale
-    cdef const float* bias
 
     def __init__(self, bint sparse, Py_ssize_t in_features,
                  const signed char[:, ::1] qweight,   # IN [rows, kp] (dense) or [0, kp]
@@ -113,32 +130,39 @@ cdef class Kernel:
                  float static_scale=-1.0, float static_inv=0.0):
         cdef Py_ssize_t r, rows = w_scale.shape[0]
         cdef Py_ssize_t kp = qweight.shape[1] if not sparse else 64 * mask.shape[1]
+        if not 0 <= in_features <= MAX_IN_FEATURES:
+            raise ValueError(f"Kernel: in_features must be in [0, {MAX_IN_FEATURES}], got {in_features}")
         if kp % 64 or kp < in_features or kp >= in_features + 64 and in_features > 0:
             raise ValueError("Kernel: padded width must be in_features rounded up to 64")
         if rowsum.shape[0] != rows or bias.shape[0] not in (0, rows):
             raise ValueError("Kernel: per-row buffers do not match")
-        self.arrays = (qweight, mask, vals, row_ptr, rowsum, w_scale, bias)
-        self.rows, self.kp, self.in_features, self.sparse = rows, kp, in_features, sparse
-        self.static_scale, self.static_inv = static_scale, static_inv
-        self.wd, self.mask, self.vals, self.row_ptr = NULL, NULL, NULL, NULL
-        self.rowsum = &rowsum[0] if rows else NULL
-        self.w_scale = &w_scale[0] if rows else NULL
-        self.bias = &bias[0] if bias.shape[0] else NULL
+        if static_scale >= 0 and not (static_scale > 0 and static_inv > 0):
+            raise ValueError("Kernel: a static activation scale must be positive")
         if sparse:
             if mask.shape[0] != rows or row_ptr.shape[0] != rows + 1:
                 raise ValueError("Kernel: sparse weight buffers do not match")
-            if rows and (row_ptr[0] != 0 or vals.shape[0] < row_ptr[rows] + 64):
-                raise ValueError("Kernel: packed values must start at 0 and be padded by 64 bytes")
-            for r in range(rows):
-                if row_ptr[r + 1] < row_ptr[r]:
-                    raise ValueError("Kernel: row_ptr must be non-decreasing")
-            if rows:
-                self.mask, self.vals, self.row_ptr = &mask[0, 0], &vals[0], &row_ptr[0]
+            _check_sparse(rows, in_features, kp, mask, vals, row_ptr, rowsum)
         else:
             if qweight.shape[0] != rows:
                 raise ValueError("Kernel: dense weight buffer does not match")
-            if rows:
-                self.wd = &qweight[0, 0]
+            _check_dense(rows, in_features, kp, qweight, rowsum)
+        self.arrays = (qweight, mask, vals, row_ptr, rowsum, w_scale, bias)
+        self.rows, self.kp, self.in_features, self.sparse = rows, kp, in_features, sparse
+        memset(&self.lin, 0, sizeof(wb_lin))
+        self.lin.kind = WB_LIN_SPARSE if sparse else WB_LIN_DENSE
+        self.lin.rows, self.lin.in_features, self.lin.kp, self.lin.words = rows, in_features, kp, kp // 64
+        self.lin.static_scale, self.lin.static_inv = static_scale, static_inv
+        if rows:
+            self.lin.rowsum, self.lin.w_scale = &rowsum[0], &w_scale[0]
+            self.lin.bias = &bias[0] if bias.shape[0] else NULL
+            if sparse:
+                self.lin.mask, self.lin.vals, self.lin.row_ptr = &mask[0, 0], &vals[0], &row_ptr[0]
+            else:
+                self.lin.wd = &qweight[0, 0]
+
+    @property
+    def static_scale(self):
+        return self.lin.static_scale
 
     def run(self, int isa, int n_threads,
             const float[:, ::1] x,             # IN  [n, in_features]
@@ -146,16 +170,11 @@ cdef class Kernel:
             int32_t[:, ::1] acc=None):         # OUT [n, rows]: exact accumulators (tests)
         """Compute y (and acc); returns the number of tokens holding NaN/Inf (y then undefined)."""
         cdef Py_ssize_t n = x.shape[0]
-        cdef Py_ssize_t kp = self.kp
         cdef int bad = 0
         cdef int32_t* accp = NULL
-        cdef int8_t* xq
-        cdef uint8_t* xa
-        cdef float* sx
+        cdef char* raw
         cdef char* work
-        cdef char* scratch = NULL
-        cdef Py_ssize_t block = _token_block(kp)
-        cdef Py_ssize_t per_thread = 2 * kp + 8 * block * sizeof(int32_t)
+        _check_isa(isa, n_threads)
         if x.shape[1] != self.in_features or y.shape[0] != n or y.shape[1] != self.rows:
             raise ValueError("Kernel.run: input or output shape does not match the layer")
         if acc is not None:
@@ -163,100 +182,285 @@ cdef class Kernel:
                 raise ValueError("Kernel.run: accumulator shape does not match")
             if n and self.rows:
                 accp = &acc[0, 0]
-        if n_threads < 1:
-            raise ValueError("Kernel.run: n_threads must be >= 1")
         if n == 0 or self.rows == 0:
             return 0
-        work = <char*>malloc(n * (2 * kp + sizeof(float)))
-        if n > 1:
-            scratch = <char*>malloc(n_threads * per_thread)
-        if work == NULL or (n > 1 and scratch == NULL):
-            free(work)
-            free(scratch)
+        raw = <char*>malloc(wb_linear_work_bytes(self.kp, n, n_threads) + 64)
+        if raw == NULL:
             raise MemoryError("Kernel.run: no memory for the quantized activations")
-        xq = <int8_t*>work
-        xa = <uint8_t*>(work + n * kp)
-        sx = <float*>(work + 2 * n * kp)
+        work = <char*>((<size_t>raw + 63) & ~(<size_t>63))     # vector loads stay in one line
         try:
             with nogil:
-                bad = self._quantize(isa, n_threads, x, xq, xa, sx)
-                if bad == 0:
-                    if n == 1:
-                        self._gemv(isa, n_threads, xq, xa, sx, &y[0, 0], accp)
-                    else:
-                        self._gemm(isa, n_threads, n, xq, xa, sx, &y[0, 0], accp, scratch,
-                                   per_thread, block)
+                bad = wb_linear_forward(&self.lin, isa, n_threads, &x[0, 0], n, &y[0, 0], accp,
+                                        work)
         finally:
-            free(work)
-            free(scratch)
+            free(raw)
         return bad
 
-    cdef int _quantize(self, int isa, int n_threads, const float[:, ::1] x, int8_t* xq,
-                       uint8_t* xa, float* sx) noexcept nogil:
-        cdef Py_ssize_t n = x.shape[0], k = x.shape[1], kp = self.kp
-        cdef Py_ssize_t i
-        cdef int bad = 0
-        if n == 1:
-            return _prepare_row(&x[0, 0], xq, xa, sx, k, kp, self.static_scale,
-                                self.static_inv, isa)
-        for i in prange(n, num_threads=n_threads, schedule="static"):
-            bad += _prepare_row(&x[i, 0], xq + i * kp, xa + i * kp, sx + i, k, kp,
-                                self.static_scale, self.static_inv, isa)
+
+cdef int _check_dense(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t kp,
+                      const signed char[:, ::1] q, const int32_t[::1] rowsum) except -1:
+    cdef Py_ssize_t r, j
+    cdef int64_t s
+    cdef int code = 0
+    with nogil:
+        for r in range(rows):
+            s = 0
+            for j in range(kp):
+                if q[r, j] == -128:
+                    code = 1
+                elif j >= k and q[r, j] != 0:
+                    code = 2
+                s += q[r, j]
+            if code == 0 and s != rowsum[r]:
+                code = 3
+            if code:
+                break
+    if code:
+        raise ValueError(f"Kernel: dense row {r}: " + (
+            "holds -128 (weights must lie in [-127, 127])", "has nonzero padding columns",
+            "row sum does not match rowsum")[code - 1])
+    return 0
+
+
+cdef int _check_sparse(Py_ssize_t rows, Py_ssize_t k, Py_ssize_t kp,
+                       const uint64_t[:, ::1] mask, const signed char[::1] vals,
+                       const int64_t[::1] row_ptr, const int32_t[::1] rowsum) except -1:
+    cdef Py_ssize_t r, w, words = kp // 64, nv = vals.shape[0]
+    cdef int64_t count, total = 0, s, i
+    cdef uint64_t pad_mask = 0
+    cdef int code = 0
+    if k % 64:
+        pad_mask = ~((<uint64_t>1 << (k % 64)) - 1)     # bits of the padding columns
+    if rows and row_ptr[0] != 0:
+        raise ValueError("Kernel: row_ptr must start at 0")
+    with nogil:
+        for r in range(rows):
+            count = 0
+            for w in range(words):
+                count += _popcount(mask[r, w])
+            if words and pad_mask and mask[r, words - 1] & pad_mask:
+                code = 1
+                break
+            if row_ptr[r + 1] - row_ptr[r] != count:
+                code = 2
+                break
+            total += count
+            if total + 64 > nv:
+                code = 3
+                break
+            s = 0
+            for i in range(row_ptr[r], row_ptr[r + 1]):
+                if vals[i] == -128:
+                    code = 4
+                s += vals[i]
+            if code == 0 and s != rowsum[r]:
+                code = 5
+            if code:
+                break
+    if code:
+        raise ValueError(f"Kernel: sparse row {r}: " + (
+            "mask sets padding columns", "row_ptr does not equal the running popcount of the masks",
+            "packed values are shorter than nnz + 64 bytes of padding",
+            "holds -128 (weights must lie in [-127, 127])",
+            "row sum does not match rowsum")[code - 1])
+    return 0
+
+
+# ---------------------------------------------------------------- the engine
+
+cdef int _fill_fp32(wb_lin* lin, object spec) except -1:
+    """spec = (weight float32 [rows, in] C-contiguous, bias float32 [rows] or None)."""
+    cdef const float[:, ::1] w = spec[0]
+    cdef const float[::1] b
+    memset(lin, 0, sizeof(wb_lin))
+    lin.kind = WB_LIN_FP32
+    lin.rows, lin.in_features = w.shape[0], w.shape[1]
+    lin.kp = -(-w.shape[1] // 64) * 64
+    lin.words = lin.kp // 64
+    lin.static_scale = -1.0
+    if w.shape[0] and w.shape[1]:
+        lin.wf = &w[0, 0]
+    if spec[1] is not None:
+        b = spec[1]
+        if b.shape[0] != w.shape[0]:
+            raise ValueError("Engine: FP32 bias does not match its weight")
+        if b.shape[0]:
+            lin.bias = &b[0]
+    return 0
+
+
+cdef int _fill(wb_lin* lin, object spec, Py_ssize_t in_features, str name) except -1:
+    """A Kernel (INT8) or an (weight, bias) FP32 pair -> wb_lin, checked against in_features."""
+    if isinstance(spec, Kernel):
+        lin[0] = (<Kernel>spec).lin
+    elif isinstance(spec, tuple) and len(spec) == 2:
+        _fill_fp32(lin, spec)
+    else:
+        raise TypeError(f"Engine: {name} must be a Kernel or an FP32 (weight, bias) pair")
+    if lin.in_features != in_features:
+        raise ValueError(f"Engine: {name} takes {lin.in_features} inputs, expected {in_features}")
+    return 0
+
+
+cdef int _check_group(wb_lin* parts, int n, Py_ssize_t rows, str name) except -1:
+    cdef int p
+    cdef Py_ssize_t total = 0
+    cdef float scale = -2.0
+    for p in range(n):
+        total += parts[p].rows
+        if parts[p].kind != WB_LIN_FP32:
+            if scale != -2.0 and parts[p].static_scale != scale:
+                raise ValueError(f"Engine: the parts of {name} quantize their input differently")
+            scale = parts[p].static_scale
+    if total != rows:
+        raise ValueError(f"Engine: {name} has {total} output rows, expected {rows}")
+    return 0
+
+
+cdef class Engine:
+    """The packed model for wb_engine_forward. Arguments (all validated here):
+    dims = (n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, max_positions,
+    rms_eps); embed float32 [vocab, hidden]; final_norm [hidden]; cos, sin [max_positions,
+    head_dim]; layers: per layer (in_norm, post_norm, qkv parts, o, gate/up parts, down), every
+    linear a Kernel or an FP32 (weight, bias) pair; head likewise."""
+
+    cdef wb_model model
+    cdef wb_layer* layers
+    cdef object refs
+    cdef char* scratch_raw
+    cdef char* scratch
+    cdef Py_ssize_t scratch_bytes
+    cdef bint busy
+
+    def __cinit__(self):
+        self.layers, self.scratch_raw, self.scratch, self.scratch_bytes = NULL, NULL, NULL, 0
+        self.busy = False
+
+    def __dealloc__(self):
+        free(self.layers)
+        free(self.scratch_raw)
+
+    def __init__(self, tuple dims, const float[:, ::1] embed, const float[::1] final_norm,
+                 const float[:, ::1] cos, const float[:, ::1] sin, list layers, object head):
+        cdef Py_ssize_t L, hid, H, KV, hd, inter, vocab, maxp, i, p
+        cdef const float[::1] n1
+        cdef const float[::1] n2
+        cdef wb_layer* ly
+        cdef wb_lin* lin
+        L, hid, H, KV, hd, inter, vocab, maxp = [int(v) for v in dims[:8]]
+        eps = float(dims[8])
+        if min(L, hid, H, KV, hd, inter, vocab, maxp) < 1 or H % KV or hd % 2 or hd > MAX_HEAD_DIM:
+            raise ValueError(f"Engine: unsupported dimensions {dims}")
+        if embed.shape[0] != vocab or embed.shape[1] != hid or final_norm.shape[0] != hid:
+            raise ValueError("Engine: embedding or final norm does not match the dimensions")
+        if cos.shape[0] != maxp or cos.shape[1] != hd or sin.shape[0] != maxp or sin.shape[1] != hd:
+            raise ValueError("Engine: RoPE tables must be [max_positions, head_dim]")
+        if len(layers) != L:
+            raise ValueError(f"Engine: {len(layers)} layers given, dims say {L}")
+        self.layers = <wb_layer*>calloc(L, sizeof(wb_layer))
+        if self.layers == NULL:
+            raise MemoryError()
+        refs = [embed, final_norm, cos, sin, head]
+        kp_max = 64
+        for i in range(L):
+            in_norm, post_norm, qkv, o, gu, down = layers[i]
+            n1, n2 = in_norm, post_norm
+            if n1.shape[0] != hid or n2.shape[0] != hid:
+                raise ValueError(f"Engine: layer {i} norms must have {hid} gains")
+            if not 1 <= len(qkv) <= 3 or not 1 <= len(gu) <= 2:
+                raise ValueError(f"Engine: layer {i} needs 1-3 q/k/v parts and 1-2 gate/up parts")
+            ly = &self.layers[i]
+            ly.in_norm, ly.post_norm = &n1[0], &n2[0]
+            ly.n_qkv, ly.n_gu = len(qkv), len(gu)
+            for p in range(ly.n_qkv):
+                _fill(&ly.qkv[p], qkv[p], hid, f"layer {i} q/k/v part {p}")
+            _check_group(ly.qkv, ly.n_qkv, (H + 2 * KV) * hd, f"layer {i} q/k/v")
+            _fill(&ly.o, o, H * hd, f"layer {i} o_proj")
+            _check_group(&ly.o, 1, hid, f"layer {i} o_proj")
+            for p in range(ly.n_gu):
+                _fill(&ly.gu[p], gu[p], hid, f"layer {i} gate/up part {p}")
+            _check_group(ly.gu, ly.n_gu, 2 * inter, f"layer {i} gate/up")
+            _fill(&ly.down, down, inter, f"layer {i} down_proj")
+            _check_group(&ly.down, 1, hid, f"layer {i} down_proj")
+            for lin_kp in (hid, H * hd, inter):
+                kp_max = max(kp_max, -(-lin_kp // 64) * 64)
+            refs.append(layers[i])
+        _fill(&self.model.head, head, hid, "head")
+        _check_group(&self.model.head, 1, vocab, "head")
+        self.refs = refs
+        self.model.n_layers, self.model.hidden, self.model.n_heads, self.model.n_kv = L, hid, H, KV
+        self.model.head_dim, self.model.inter, self.model.vocab, self.model.max_pos = hd, inter, vocab, maxp
+        self.model.eps = eps
+        self.model.embed, self.model.final_norm = &embed[0, 0], &final_norm[0]
+        self.model.cos, self.model.sin = &cos[0, 0], &sin[0, 0]
+        self.model.layers = self.layers
+        self.model.kp_max = kp_max
+
+    def run(self, int isa, int n_threads,
+            const int64_t[:, ::1] ids,         # IN  [B, T] token ids
+            const int64_t[:, ::1] pos,         # IN  [B, T] RoPE positions
+            float[:, :, :, :, ::1] keys,       # IN/OUT [layers, B, kv_heads, cap, head_dim]
+            float[:, :, :, :, ::1] values,     # IN/OUT same
+            Py_ssize_t s0,                     # first cache slot written
+            object key_mask,                   # IN  uint8 [B, cap] or None
+            float[:, ::1] logits,              # OUT [B*T (all_logits) or B, vocab]
+            bint all_logits=False,
+            int64_t[::1] next_ids=None):       # OUT [B] greedy next tokens, or None
+        """One forward of B x T tokens into cache slots s0..s0+T-1. Returns the number of
+        quantized rows holding NaN/Inf (0 = success; the outputs are undefined otherwise)."""
+        cdef wb_call c
+        cdef const uint8_t[:, ::1] km
+        cdef Py_ssize_t B = ids.shape[0], T = ids.shape[1], i, j, need, cap, nh
+        cdef int bad
+        cdef wb_model* m = &self.model
+        _check_isa(isa, n_threads)
+        if B < 1 or T < 1 or pos.shape[0] != B or pos.shape[1] != T:
+            raise ValueError("Engine.run: ids and positions must both be [B, T] with B, T >= 1")
+        if (keys.shape[0] != m.n_layers or keys.shape[1] != B or keys.shape[2] != m.n_kv
+                or keys.shape[4] != m.head_dim):
+            raise ValueError("Engine.run: the KV cache does not match the model and batch")
+        for i in range(5):
+            if values.shape[i] != keys.shape[i]:
+                raise ValueError("Engine.run: keys and values differ in shape")
+        cap = keys.shape[3]
+        if s0 < 0 or s0 + T > cap:
+            raise ValueError(f"Engine.run: slots {s0}..{s0 + T - 1} lie outside the cache of {cap}")
+        nh = B * T if all_logits else B
+        if logits.shape[0] != nh or logits.shape[1] != m.vocab:
+            raise ValueError(f"Engine.run: logits must be [{nh}, {m.vocab}]")
+        if next_ids is not None and (all_logits or next_ids.shape[0] != B):
+            raise ValueError("Engine.run: next_ids must be [B] and needs all_logits=False")
+        for i in range(B):
+            for j in range(T):
+                if not 0 <= ids[i, j] < m.vocab:
+                    raise ValueError(f"Engine.run: token id {ids[i, j]} outside [0, {m.vocab})")
+                if not 0 <= pos[i, j] < m.max_pos:
+                    raise ValueError(f"Engine.run: position {pos[i, j]} outside [0, {m.max_pos})")
+        memset(&c, 0, sizeof(wb_call))
+        if key_mask is not None:
+            km = key_mask
+            if km.shape[0] != B or km.shape[1] != cap:
+                raise ValueError(f"Engine.run: key_mask must be [{B}, {cap}]")
+            c.key_mask = &km[0, 0]
+        if self.busy:
+            raise RuntimeError("Engine.run: this engine is already running in another thread")
+        need = wb_engine_layout(m, B * T, n_threads, cap, NULL, NULL) + 64
+        if need > self.scratch_bytes:
+            free(self.scratch_raw)
+            self.scratch_raw = <char*>malloc(need)
+            self.scratch_bytes = need if self.scratch_raw != NULL else 0
+            if self.scratch_raw == NULL:
+                raise MemoryError(f"Engine.run: no memory for {need} bytes of scratch")
+            self.scratch = <char*>((<size_t>self.scratch_raw + 63) & ~(<size_t>63))
+        c.B, c.T, c.ids, c.pos = B, T, &ids[0, 0], &pos[0, 0]
+        c.keys, c.values, c.cap, c.s0 = &keys[0, 0, 0, 0, 0], &values[0, 0, 0, 0, 0], cap, s0
+        c.all_logits, c.logits = all_logits, &logits[0, 0]
+        c.next = &next_ids[0] if next_ids is not None else NULL
+        c.isa, c.n_threads, c.scratch = isa, n_threads, self.scratch
+        self.busy = True
+        try:
+            with nogil:
+                bad = wb_engine_forward(m, &c)
+        finally:
+            self.busy = False
         return bad
-
-    cdef void _gemv(self, int isa, int n_threads, const int8_t* xq, const uint8_t* xa,
-                    const float* sx, float* y, int32_t* acc) noexcept nogil:
-        """Decode: one token, every row decoded straight into registers."""
-        cdef Py_ssize_t r, rows = self.rows, kp = self.kp, words = self.kp // 64
-        cdef bint vnni = isa == WB_ISA_AVX512VNNI
-        cdef int32_t a
-        for r in prange(rows, num_threads=n_threads, schedule="static"):
-            if self.sparse:
-                a = wb_sparse_dot(isa, self.mask + r * words, self.vals + self.row_ptr[r], words,
-                                  xq, xa)
-            else:
-                a = wb_dense_dot(isa, self.wd + r * kp, xq, xa, kp)
-            _finish(a, 0, r, vnni, self.rowsum, sx, self.w_scale, self.bias, y, acc, rows)
-
-    cdef void _gemm(self, int isa, int n_threads, Py_ssize_t n, const int8_t* xq,
-                    const uint8_t* xa, const float* sx, float* y, int32_t* acc,
-                    char* scratch_all, Py_ssize_t per_thread, Py_ssize_t block) noexcept nogil:
-        """Prefill: token blocks (activations L2-resident) x row pairs (OpenMP). scratch_all:
-        per_thread bytes for each thread (two expanded rows, then a 2 x block int32 tile)."""
-        cdef Py_ssize_t rows = self.rows, kp = self.kp, words = self.kp // 64
-        cdef Py_ssize_t t0, nb, p, r, t
-        cdef bint vnni = isa == WB_ISA_AVX512VNNI
-        cdef int8_t* scratch
-        cdef int32_t* tile
-        cdef const int8_t* w0
-        cdef const int8_t* w1
-        scratch, tile, t0, nb = NULL, NULL, 0, 0      # thread-private copies below
-        with parallel(num_threads=n_threads):
-            scratch = <int8_t*>(scratch_all + threadid() * per_thread)
-            tile = <int32_t*>(scratch + 2 * kp)
-            t0 = 0
-            while t0 < n:
-                nb = min(block, n - t0)
-                for p in prange((rows + 1) // 2, schedule="static"):
-                    r = 2 * p
-                    if self.sparse:
-                        wb_expand(isa, self.mask + r * words, self.vals + self.row_ptr[r],
-                                  words, scratch)
-                        if r + 1 < rows:
-                            wb_expand(isa, self.mask + (r + 1) * words,
-                                      self.vals + self.row_ptr[r + 1], words, scratch + kp)
-                        else:
-                            memset(scratch + kp, 0, kp)
-                        w0 = scratch
-                        w1 = scratch + kp
-                    else:
-                        w0 = self.wd + r * kp
-                        w1 = self.wd + (r + 1) * kp if r + 1 < rows else w0
-                    wb_dense_rows2(isa, w0, w1, xq + t0 * kp, xa + t0 * kp, nb, kp, tile, 2)
-                    for t in range(nb):
-                        _finish(tile[2 * t], t0 + t, r, vnni, self.rowsum, sx,
-                                self.w_scale, self.bias, y, acc, rows)
-                        if r + 1 < rows:
-                            _finish(tile[2 * t + 1], t0 + t, r + 1, vnni, self.rowsum, sx,
-                                    self.w_scale, self.bias, y, acc, rows)
-                t0 = t0 + nb

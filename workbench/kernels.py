@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from workbench.packing import MAX_IN_FEATURES, PackedLinear, linear_int8_ref, pack_linear
+from workbench.packing import MAX_IN_FEATURES, PackedLinear, aligned, linear_int8_ref, pack_linear
 
 try:
     from workbench import _linear, _quant
@@ -38,7 +38,7 @@ def default_threads() -> int:
     return torch.get_num_threads()
 
 
-def _check_threads(n_threads: int | None) -> int:
+def check_threads(n_threads: int | None) -> int:
     if n_threads is None:
         return default_threads()
     if not isinstance(n_threads, (int, np.integer)) or isinstance(n_threads, bool):
@@ -94,7 +94,7 @@ def quantize_per_token(x, n_threads: int | None = None):
     """
     is_torch = isinstance(x, torch.Tensor)
     arr = _as_float32_matrix(x, "x")
-    threads = _check_threads(n_threads)
+    threads = check_threads(n_threads)
     n, k = arr.shape
     q = np.empty((n, k), dtype=np.int8)
     scales = np.empty(n, dtype=np.float32)
@@ -205,6 +205,8 @@ _EMPTY_F32 = np.zeros(0, np.float32)
 def _kernel(packed: PackedLinear):
     """The compiled handle of a packed layer (validated and cached on first use)."""
     if packed._kernel is None:
+        for name in ("qweight", "mask", "values"):          # copies lose the alignment
+            setattr(packed, name, aligned(getattr(packed, name)))
         static, inv = -1.0, 0.0
         if packed.act_scale is not None:
             static = packed.act_scale
@@ -231,7 +233,7 @@ def packed_matmul(packed: PackedLinear, x: np.ndarray, out: np.ndarray | None = 
     n, k = x.shape
     if k != packed.in_features:
         raise ValueError(f"x has {k} features, the layer expects {packed.in_features}")
-    threads = _check_threads(n_threads)
+    threads = check_threads(n_threads)
     code = _linear.ISA_NAMES[_ACTIVE_ISA if isa is None else _resolve_isa(isa)]
     if out is None:
         out = np.empty((n, packed.out_features), np.float32)
@@ -260,7 +262,7 @@ class SparseInt8Linear(torch.nn.Module):
             raise TypeError(f"packed must be a PackedLinear, got {type(packed).__name__}")
         self.packed = packed
         self._kernel = _kernel(packed)
-        self.n_threads = None if n_threads is None else _check_threads(n_threads)
+        self.n_threads = None if n_threads is None else check_threads(n_threads)
         self.in_features, self.out_features = packed.in_features, packed.out_features
 
     @classmethod
@@ -321,5 +323,5 @@ class SparseInt8Linear(torch.nn.Module):
 
 
 __all__ = ["ISAS", "MAX_IN_FEATURES", "PackedLinear", "SparseInt8Linear", "active_isa",
-           "cpu_features", "default_threads", "linear_int8_ref", "pack_linear", "packed_matmul",
+           "check_threads", "cpu_features", "default_threads", "linear_int8_ref", "pack_linear", "packed_matmul",
            "quantize_per_token", "quantize_per_token_ref", "set_isa", "supported_isas"]

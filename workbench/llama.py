@@ -4,16 +4,22 @@ KV cache, and grouped-query attention over it.
 
 References: RMSNorm (Zhang & Sennrich 2019, arXiv 1910.07467); RoPE (Su et al. 2021, arXiv
 2104.09864), in the "rotate half" layout of transformers' LlamaRotaryEmbedding; GQA (Ainslie
-et al. 2023, arXiv 2305.13245). Every formula follows transformers' modeling_llama.py operation
-for operation, so the runtime's FP32 logits match Hugging Face's to float rounding.
+et al. 2023, arXiv 2305.13245). Every formula follows transformers' modeling_llama.py, so the
+runtime's FP32 logits match Hugging Face's to float rounding.
+
+This is also the reference the native engine (kernels_cy/wb_engine.h) is held to, and W8A8
+models turn a one-ulp difference into a different INT8 rounding step, then a different token.
+So the reductions and transcendentals (RMSNorm's mean, attention, SiLU) run in float64 and are
+rounded to float32 once, which C reproduces whatever its summation order; the elementwise steps
+(RoPE, residual adds) are single float32 operations that C repeats exactly (wb_math.h).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from workbench.arch import UnsupportedArchitectureError
 
@@ -118,8 +124,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # ---------------------------------------------------------------- norm
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * x / sqrt(mean(x^2) + eps) over the last dim (LlamaRMSNorm, float32)."""
-    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    """weight * float(x / sqrt(mean(x^2) + eps)) over the last dim (LlamaRMSNorm); the mean and
+    the scaling in float64, the gain in float32."""
+    xd = x.double()
+    return weight * (xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps)).float()
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up = float(g * sigmoid(g) * u), computed in float64."""
+    g = gate.double()
+    return (g * torch.sigmoid(g) * up.double()).float()
 
 
 # ---------------------------------------------------------------- prompts and the KV cache
@@ -203,17 +217,30 @@ class KVCache:
 
 # ---------------------------------------------------------------- attention
 
+def _attention(q, k, v, allowed: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v in float64, rounded to float32. q [..., Q, d], k/v [..., S, d],
+    allowed bool broadcasting to [..., Q, S] or None (every key)."""
+    scores = (q.double() @ k.double().transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return (scores.softmax(-1) @ v.double()).float()
+
+
 def prefill_attention(q, k, v, key_mask: torch.Tensor | None) -> torch.Tensor:
     """Causal GQA over a whole prompt. q [B, H, T, d], k/v [B, KV, T, d] -> [B, H, T, d].
 
     key_mask bool [B, T] (False = left padding) or None. A padded query row keeps its own
-    diagonal so no row is fully masked (which would give NaN); real rows never see padding."""
-    if key_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    T = q.shape[2]
+    diagonal so no row is fully masked (which would give NaN); real rows never see padding.
+    Query head h reads KV head h // (H / KV), the grouping of transformers' repeat_kv."""
+    B, H, T, d = q.shape
+    KV = k.shape[1]
+    qg = q.view(B, KV, H // KV, T, d)                                                # [B, KV, g, T, d]
     causal = torch.ones(T, T, dtype=torch.bool).tril()                               # [T, T]
-    allowed = (causal & key_mask[:, None, :]) | torch.eye(T, dtype=torch.bool)       # [B, T, T]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], enable_gqa=True)
+    if key_mask is None:
+        allowed = causal
+    else:
+        allowed = ((causal & key_mask[:, None, :]) | torch.eye(T, dtype=torch.bool))[:, None, None]
+    return _attention(qg, k[:, :, None], v[:, :, None], allowed).view(B, H, T, d)
 
 
 def decode_attention(q, k, v, key_mask: torch.Tensor | None) -> torch.Tensor:
@@ -223,4 +250,4 @@ def decode_attention(q, k, v, key_mask: torch.Tensor | None) -> torch.Tensor:
     q [B, KV, group, d] (head h = kv * group + g, as transformers' repeat_kv orders them),
     k/v [B, KV, S, d], key_mask bool [B, S] or None -> [B, KV, group, d]."""
     mask = None if key_mask is None else key_mask[:, None, None, :]                  # [B, 1, 1, S]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _attention(q, k, v, mask)

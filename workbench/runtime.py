@@ -2,7 +2,15 @@
 
     pm = runtime.pack(model, plan=plan)               # decoder linears -> SparseInt8Linear
     ids = pm.generate(input_ids, max_new_tokens=64)   # prefill, then one decode step per token
-    base = runtime.PackedModel.from_fp32(model)       # same loop, plain FP32 F.linear
+    base = runtime.PackedModel.from_fp32(model)       # same model, plain FP32 linears
+    ref = runtime.pack(model, engine="torch")         # the readable torch loop
+
+Two engines run the same model. "native" (the default) runs every decode step, and every
+prefill, as ONE nogil C call over all layers (kernels_cy/wb_engine.h: one OpenMP parallel
+region, barriers between dependent steps, KV cache and scratch preallocated); "torch" is the
+Python loop below, kept as the reference the native engine is tested against. The two round
+alike (workbench.llama's float64 reductions; the INT8 products are exact), so their logits
+agree to float32 rounding and their greedy tokens are equal on W8A8 models too.
 
 At 135M parameters Hugging Face `generate` spends about two thirds of an INT8 decode step
 outside the linear layers (DESIGN.md, "Performance model"). This loop keeps that overhead
@@ -21,12 +29,14 @@ from torch import nn
 
 from workbench import llama
 from workbench.arch import get_arch, layer_linears
+from workbench import kernels
 from workbench.kernels import SparseInt8Linear
 from workbench.llama import KVCache, check_count, check_ids, llama_dims, rms_norm
 from workbench.packing import FORMATS
 from workbench.quant import _plan_names
 
 LM_HEAD_MODES = ("int8", "fp32")
+ENGINES = ("native", "torch")
 _SHORT = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
           "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj",
           "mlp.down_proj": "down_proj"}
@@ -177,8 +187,14 @@ class PackedModel(nn.Module):
     """A Llama-family decoder built from a Hugging Face model's weights (the source is never
     modified), with its own generation loop. Build with `pack` or `PackedModel.from_fp32`."""
 
-    def __init__(self, model: nn.Module, make_linear, lm_head: str, can_fuse=lambda names: True):
+    def __init__(self, model: nn.Module, make_linear, lm_head: str, can_fuse=lambda names: True,
+                 engine: str = "native", n_threads: int | None = None):
         super().__init__()
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.engine = engine
+        self.n_threads = None if n_threads is None else kernels.check_threads(n_threads)
+        self._native_engine = None                 # built on first use (_native)
         self.dims = llama_dims(model.config)
         spec = get_arch(model)
         self.register_buffer("embed", _copy(model.get_submodule(spec.embed).weight))
@@ -202,10 +218,67 @@ class PackedModel(nn.Module):
         self.eval()
 
     @classmethod
-    def from_fp32(cls, model: nn.Module) -> PackedModel:
-        """The same runtime with every linear (lm_head too) in plain FP32 (torch F.linear)."""
+    def from_fp32(cls, model: nn.Module, engine: str = "native",
+                  n_threads: int | None = None) -> PackedModel:
+        """The same runtime with every linear (lm_head too) in plain FP32: torch F.linear in
+        the torch loop, the engine's float dot products in the native one."""
         _check_source(model)
-        return cls(model, lambda name, lin: Fp32Linear(lin), lm_head="fp32")
+        return cls(model, lambda name, lin: Fp32Linear(lin), lm_head="fp32", engine=engine,
+                   n_threads=n_threads)
+
+    # ------------------------------------------------------------ the native engine
+
+    def _native(self):
+        """The compiled engine over this model's buffers (built once)."""
+        if self._native_engine is None:
+            from workbench import _linear
+
+            def spec(module):
+                inner = module.inner if isinstance(module, FusedLinear) else module
+                if isinstance(inner, SparseInt8Linear):
+                    return inner._kernel
+                bias = None if inner.bias is None else inner.bias.numpy()
+                return (inner.weight.numpy(), bias)
+
+            def group(block, name):
+                if hasattr(block, name):
+                    return [spec(getattr(block, name))]
+                return [spec(getattr(block, short)) for short in FUSED[name]]
+
+            d = self.dims
+            inter = _describe(self.layers[0].down_proj)["in_features"]
+            layers = [(b.input_norm.numpy(), b.post_norm.numpy(), group(b, "qkv"), spec(b.o_proj),
+                       group(b, "gate_up"), spec(b.down_proj)) for b in self.layers]
+            dims = (d.n_layers, d.hidden, d.n_heads, d.n_kv_heads, d.head_dim, inter, d.vocab,
+                    d.max_positions, d.rms_eps)
+            self._native_engine = _linear.Engine(dims, self.embed.numpy(), self.final_norm.numpy(),
+                                                 self.cos.numpy(), self.sin.numpy(), layers,
+                                                 spec(self.lm_head))
+        return self._native_engine
+
+    def _native_forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor,
+                        all_logits: bool, next_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """_forward on the native engine: one C call for every layer, the head and (next_ids,
+        LongTensor [B]) the greedy next token of each row."""
+        from workbench import _linear
+
+        B, T = ids.shape
+        s0 = cache.length
+        logits = torch.empty(B * T if all_logits else B, self.dims.vocab)
+        mask = None if cache.key_mask is None else cache.key_mask.view(torch.uint8).numpy()
+        threads = self.n_threads or kernels.default_threads()
+        bad = self._native().run(
+            _linear.ISA_NAMES[kernels.active_isa()], threads, ids.contiguous().numpy(),
+            positions.contiguous().numpy(), cache.keys.numpy(), cache.values.numpy(), s0, mask,
+            logits.numpy(), all_logits, None if next_ids is None else next_ids.numpy())
+        if bad:
+            raise ValueError(f"activations hold NaN or Inf ({bad} quantized rows); the model's "
+                             "weights or inputs are not finite")
+        cache.length, cache.positions = s0 + T, positions[:, -1] + 1
+        return logits.view(B, T, -1) if all_logits else logits
+
+    def __getstate__(self) -> dict:        # copies and pickles rebuild the compiled engine
+        return {**self.__dict__, "_native_engine": None}
 
     # ------------------------------------------------------------ size
 
@@ -251,6 +324,8 @@ class PackedModel(nn.Module):
         if s1 > cache.capacity:
             raise RuntimeError(f"KV cache full: it holds {cache.capacity} tokens; pass a larger "
                                "max_new_tokens to prefill")
+        if self.engine == "native":
+            return self._native_forward(cache, ids, positions, all_logits)
         decode = T == 1
         mask = None if cache.key_mask is None else cache.key_mask[:, :s1]          # [B, S]
         cos, sin = self.cos[positions], self.sin[positions]                        # [B, T, hd]
@@ -278,7 +353,7 @@ class PackedModel(nn.Module):
                 a = llama.prefill_attention(q, k, v, mask).transpose(1, 2).reshape(B * T, H * hd)
             h = h + o_proj(a.contiguous()).view(B, T, width)
             gate, up = gate_up(rms_norm(h, n2, eps).view(B * T, width))
-            h = h + down(F.silu(gate) * up).view(B, T, width)                     # SwiGLU
+            h = h + down(llama.swiglu(gate, up)).view(B, T, width)
         cache.length, cache.positions = s1, positions[:, -1] + 1
         if not all_logits:
             h = h[:, -1]                                                           # [B, hidden]
@@ -340,8 +415,13 @@ class PackedModel(nn.Module):
         out = torch.empty(B, T + max_new_tokens, dtype=torch.long)
         out[:, :T] = input_ids
         eos_t, finished = torch.tensor(eos, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
+        token = _pick(logits, do_sample, temperature, top_k, gen)                    # [B]
+        fast = self.engine == "native" and not do_sample
+        if fast:
+            if not 0 <= pad < self.dims.vocab:
+                raise ValueError(f"pad_token_id must lie in [0, {self.dims.vocab}), got {pad}")
+            nxt = torch.empty(B, dtype=torch.long)
         for i in range(max_new_tokens):
-            token = _pick(logits, do_sample, temperature, top_k, gen)                # [B]
             if eos:
                 token = token.masked_fill(finished, pad)
                 finished |= torch.isin(token, eos_t)
@@ -349,7 +429,15 @@ class PackedModel(nn.Module):
             if eos and bool(finished.all()):
                 return out[:, :T + i + 1]
             if i + 1 < max_new_tokens:
-                logits = self.decode_step(token)
+                if fast:         # the engine's own argmax: no logits leave the C call
+                    cache = self._cache
+                    if cache.length >= cache.capacity:
+                        raise RuntimeError("KV cache full")
+                    self._native_forward(cache, token.reshape(B, 1), cache.positions[:, None],
+                                         False, nxt)
+                    token = nxt.clone()
+                else:
+                    token = _pick(self.decode_step(token), do_sample, temperature, top_k, gen)
         return out
 
     def extra_repr(self) -> str:
@@ -380,16 +468,20 @@ def _check_source(model) -> None:
 
 
 def pack(model: nn.Module, plan=None, lm_head: str = "int8", format: str = "auto",
-         n_threads: int | None = None) -> PackedModel:
+         n_threads: int | None = None, engine: str = "native") -> PackedModel:
     """Pack a Llama-family model for the runtime: every decoder Linear not named by plan
     becomes a SparseInt8Linear (per-channel INT8 weights, per-token INT8 activations; format
     "auto" packs a layer sparse when its INT8 density is at most
     packing.AUTO_SPARSE_MAX_DENSITY). plan: None, a QuantPlan or layer names kept FP32.
-    lm_head: "int8" (dense INT8, tied or not) or "fp32". The source model is not modified."""
+    lm_head: "int8" (dense INT8, tied or not) or "fp32". engine: "native" (one C call per
+    step) or "torch" (the reference loop). n_threads: threads of every step (default
+    kernels.default_threads() at each call). The source model is not modified."""
     if lm_head not in LM_HEAD_MODES:
         raise ValueError(f"lm_head must be one of {LM_HEAD_MODES}, got {lm_head!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     _check_source(model)
     keep = set(_plan_names(plan))
     unknown = sorted(keep - set(layer_linears(model)))
@@ -407,7 +499,7 @@ def pack(model: nn.Module, plan=None, lm_head: str = "int8", format: str = "auto
     def can_fuse(names: list[str]) -> bool:       # parts kept FP32 and parts packed: not stacked
         return len({name in keep for name in names}) == 1
 
-    return PackedModel(model, make_linear, lm_head, can_fuse)
+    return PackedModel(model, make_linear, lm_head, can_fuse, engine=engine, n_threads=n_threads)
 
 
-__all__ = ["FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "pack"]
+__all__ = ["ENGINES", "FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "pack"]
