@@ -123,16 +123,31 @@ asan: setup
 bench-kernels: setup
 	$(BIN)/python benchmarks/kernels.py $(BENCH_ARGS)
 
-# Optional speed peer: llama.cpp through llama-cpp-python, built here from source for this CPU
-# only (no BLAS, no GPU, no multimodal library); `workbench.peers` skips it when absent.
-# About 10 minutes on 2 cores. --no-cache-dir: never reuse a wheel built with other flags.
+# Optional speed peers: llama.cpp through llama-cpp-python, and llama.cpp's own `llama-bench`
+# (the number llama.cpp users quote), both built here from the llama.cpp vendored in the pinned
+# llama-cpp-python sdist, for this CPU only (Release, GGML_NATIVE, no BLAS, no GPU).
+# `workbench.peers` skips them when absent. About 15 minutes on 2 cores. --no-cache-dir: never
+# reuse a wheel built with other flags.
 LLAMA_CPP_PY := llama-cpp-python==0.3.36
 LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF \
 	-DGGML_METAL=OFF -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF
-peers: setup
+PEERS_DIR := build/peers
+LLAMA_BENCH := $(PEERS_DIR)/llama.cpp/build/bin/llama-bench
+peers: setup $(LLAMA_BENCH)
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/python -m pip install --no-cache-dir --no-binary llama-cpp-python $(LLAMA_CPP_PY)
 	$(BIN)/python -c "import llama_cpp; print('llama.cpp peer:', llama_cpp.__version__)"
+
+$(LLAMA_BENCH): | $(STAMP)
+	rm -rf $(PEERS_DIR)/sdist $(PEERS_DIR)/llama.cpp && mkdir -p $(PEERS_DIR)/sdist
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: $(LLAMA_CPP_PY) -d $(PEERS_DIR)/sdist
+	tar -xzf $(PEERS_DIR)/sdist/*.tar.gz -C $(PEERS_DIR)/sdist
+	mv $(PEERS_DIR)/sdist/*/vendor/llama.cpp $(PEERS_DIR)/llama.cpp && rm -rf $(PEERS_DIR)/sdist
+	cmake -S $(PEERS_DIR)/llama.cpp -B $(PEERS_DIR)/llama.cpp/build -DCMAKE_BUILD_TYPE=Release \
+		$(LLAMA_CPP_CMAKE_ARGS) -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF >/dev/null
+	cmake --build $(PEERS_DIR)/llama.cpp/build --target llama-bench -j $$(nproc) >/dev/null
+	$(LLAMA_BENCH) --help >/dev/null && echo "llama-bench: $(LLAMA_BENCH)"
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/

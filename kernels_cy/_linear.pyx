@@ -76,6 +76,9 @@ cdef extern from "wb_engine.h" nogil:
         int64_t* next
         int isa, n_threads
         char* scratch
+        double* profile
+
+    int WB_N_STEPS
 
     int64_t wb_linear_work_bytes(int64_t kp, int64_t n, int nth)
     int wb_linear_forward(const wb_lin* L, int isa, int n_threads, const float* x, int64_t n,
@@ -85,6 +88,10 @@ cdef extern from "wb_engine.h" nogil:
     int wb_engine_forward(const wb_model* m, const wb_call* c)
 
 ISA_NAMES = {"generic": WB_ISA_GENERIC, "avx2": WB_ISA_AVX2, "avx512vnni": WB_ISA_AVX512VNNI}
+# the engine's timed steps (wb_engine.h, WB_P_*), in order
+ENGINE_STEPS = ("embed", "norm1", "qkv", "rope+cache", "attention", "quant o", "o_proj",
+                "norm2", "gate_up", "swiglu", "quant down", "down_proj", "final norm",
+                "head", "argmax")
 MAX_IN_FEATURES = 65536
 MAX_HEAD_DIM = 512
 
@@ -405,7 +412,8 @@ cdef class Engine:
             object key_mask,                   # IN  uint8 [B, cap] or None
             float[:, ::1] logits,              # OUT [B*T (all_logits) or B, vocab]
             bint all_logits=False,
-            int64_t[::1] next_ids=None):       # OUT [B] greedy next tokens, or None
+            int64_t[::1] next_ids=None,        # OUT [B] greedy next tokens, or None
+            double[::1] profile=None):         # OUT [len(ENGINE_STEPS)] += seconds per step
         """One forward of B x T tokens into cache slots s0..s0+T-1. Returns the number of
         quantized rows holding NaN/Inf (0 = success; the outputs are undefined otherwise)."""
         cdef wb_call c
@@ -457,6 +465,10 @@ cdef class Engine:
         c.all_logits, c.logits = all_logits, &logits[0, 0]
         c.next = &next_ids[0] if next_ids is not None else NULL
         c.isa, c.n_threads, c.scratch = isa, n_threads, self.scratch
+        if profile is not None:
+            if profile.shape[0] != WB_N_STEPS or len(ENGINE_STEPS) != WB_N_STEPS:
+                raise ValueError(f"Engine.run: profile must hold {WB_N_STEPS} values")
+            c.profile = &profile[0]
         self.busy = True
         try:
             with nogil:

@@ -66,8 +66,23 @@ typedef struct {
     float *logits;                          /* OUT [B*T or B, vocab] (always written) */
     int64_t *next;                          /* OUT [B] argmax of the last position, or NULL */
     int isa, n_threads;
-    char *scratch;                          /* wb_engine_scratch_bytes() bytes, 64-aligned */
+    char *scratch;                          /* wb_engine_layout() bytes, 64-aligned */
+    double *profile;                        /* OUT [WB_N_STEPS] seconds per step, or NULL */
 } wb_call;
+
+/* Steps timed by wb_call.profile (wall time from one barrier to the next, so a step's
+ * entry is its slowest thread's time plus the barrier). */
+enum { WB_P_EMBED, WB_P_NORM1, WB_P_QKV, WB_P_ROPE, WB_P_ATTN, WB_P_QUANT_O, WB_P_O,
+       WB_P_NORM2, WB_P_GATE_UP, WB_P_SWIGLU, WB_P_QUANT_DOWN, WB_P_DOWN, WB_P_HEAD_NORM,
+       WB_P_HEAD, WB_P_ARGMAX, WB_N_STEPS };
+
+static inline double wb_now(void) {
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return 0.0;
+#endif
+}
 
 /* ------------------------------------------------------------------ scratch layout */
 
@@ -105,7 +120,7 @@ static int64_t wb_engine_layout(const wb_model *m, int64_t N, int nth, int64_t c
     /* per thread: linear scratch, attention (q, scores, accumulator in double), SwiGLU
      * temporaries, and the argmax partials of B head tokens */
     int64_t per = wb_round64(wb_lin_scratch(kp))
-                + wb_round64(8 * (2 * hd + cap)) + wb_round64(8 * WB_SWIGLU_CHUNK)
+                + wb_round64(8 * (2 * hd + WB_ATT_GROUP * cap)) + wb_round64(8 * WB_SWIGLU_CHUNK)
                 + wb_round64(16 * N);
     if (s) { s->thread0 = base + off; s->per_thread = per; }
     return off + per * nth;
@@ -181,18 +196,22 @@ static void wb_rope_cache(const wb_model *m, const wb_call *c, int64_t l, const 
     }
 }
 
+/* Units: (token, KV head, a run of up to WB_ATT_GROUP of its query heads); head hq reads KV
+ * head hq / (H / KV), the grouping of transformers' repeat_kv, never a repeated copy. */
 static void wb_attention(const wb_model *m, const wb_call *c, int64_t l, const wb_scratch *s,
                          double *tmp, int tid, int nth) {
     int64_t H = m->n_heads, KV = m->n_kv, hd = m->head_dim, N = c->B * c->T;
     int64_t W = wb_qkv_width(m), group = H / KV;
-    double *qd = tmp, *acc = tmp + hd, *sc = tmp + 2 * hd;
-    for (int64_t u = tid; u < N * H; u += nth) {
-        int64_t t = u / H, hq = u % H, kv = hq / group;
+    int64_t runs = (group + WB_ATT_GROUP - 1) / WB_ATT_GROUP, per_tok = KV * runs;
+    for (int64_t u = tid; u < N * per_tok; u += nth) {
+        int64_t t = u / per_tok, kv = (u % per_tok) / runs, g0 = (u % runs) * WB_ATT_GROUP;
+        int G = (int)(group - g0 < WB_ATT_GROUP ? group - g0 : WB_ATT_GROUP);
+        int64_t hq = kv * group + g0;
         int64_t b = t / c->T, slot = c->s0 + t % c->T;
         int64_t base = ((l * c->B + b) * KV + kv) * c->cap * hd;
-        wb_attend(c->isa, s->qkv + t * W + hq * hd, c->keys + base, c->values + base, hd, slot,
-                  c->key_mask ? c->key_mask + b * c->cap : NULL, qd, sc, acc,
-                  s->att + t * H * hd + hq * hd);
+        wb_attend_heads(c->isa, G, s->qkv + t * W + hq * hd, c->keys + base, c->values + base,
+                        hd, slot, c->key_mask ? c->key_mask + b * c->cap : NULL, tmp,
+                        s->att + t * H * hd + hq * hd);
     }
 }
 
@@ -224,55 +243,58 @@ static int wb_engine_forward(const wb_model *m, const wb_call *c) {
         char *mine = s.thread0 + tid * s.per_thread;
         int8_t *lin_scr = (int8_t *)mine;
         double *att_tmp = (double *)(mine + wb_round64(wb_lin_scratch(m->kp_max)));
-        double *mlp_tmp = att_tmp + wb_round64(8 * (2 * m->head_dim + c->cap)) / 8;
+        double *mlp_tmp = att_tmp + wb_round64(8 * (2 * m->head_dim + WB_ATT_GROUP * c->cap)) / 8;
         float *best_v = (float *)((char *)mlp_tmp + wb_round64(8 * WB_SWIGLU_CHUNK));
         int64_t *best_i = (int64_t *)(best_v + c->B + (c->B & 1));
         int bad = 0;
         int64_t hid = m->hidden, I = m->inter;
         wb_act x;
+        double t_prev = c->profile && tid == 0 ? wb_now() : 0.0;
+#define WB_STEP(k) do { WB_BARRIER(); if (c->profile && tid == 0) {                           \
+            double t_ = wb_now(); c->profile[k] += t_ - t_prev; t_prev = t_; } } while (0)
 
         for (int64_t t = tid; t < N; t += nth)
             memcpy(s.h + t * hid, m->embed + c->ids[t] * hid, (size_t)hid * sizeof(float));
-        WB_BARRIER();
+        WB_STEP(WB_P_EMBED);
         for (int64_t l = 0; l < m->n_layers; l++) {
             const wb_layer *L = &m->layers[l];
             const wb_lin *qkv8 = wb_first_int8(L->qkv, L->n_qkv), *gu8 = wb_first_int8(L->gu, L->n_gu);
             bad += wb_norm_quant(m, qkv8, c->isa, s.h, L->in_norm, N, &s, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_NORM1);
             x = wb_act_of(qkv8, &s, s.xn, hid);
             wb_parts_rows(L->qkv, L->n_qkv, c->isa, &x, N, s.qkv, wb_qkv_width(m), 0, tid, nth,
                           lin_scr);
-            WB_BARRIER();
+            WB_STEP(WB_P_QKV);
             wb_rope_cache(m, c, l, &s, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_ROPE);
             wb_attention(m, c, l, &s, att_tmp, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_ATTN);
             bad += wb_quantize_for(&L->o, c->isa, s.att, m->n_heads * m->head_dim, N, &s, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_QUANT_O);
             x = wb_act_of(&L->o, &s, s.att, m->n_heads * m->head_dim);
             wb_parts_rows(&L->o, 1, c->isa, &x, N, s.h, hid, 1, tid, nth, lin_scr);
-            WB_BARRIER();
+            WB_STEP(WB_P_O);
             bad += wb_norm_quant(m, gu8, c->isa, s.h, L->post_norm, N, &s, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_NORM2);
             x = wb_act_of(gu8, &s, s.xn, hid);
             wb_parts_rows(L->gu, L->n_gu, c->isa, &x, N, s.gu, 2 * I, 0, tid, nth, lin_scr);
-            WB_BARRIER();
+            WB_STEP(WB_P_GATE_UP);
             wb_mlp_act(m, c->isa, N, &s, mlp_tmp, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_SWIGLU);
             bad += wb_quantize_for(&L->down, c->isa, s.act, I, N, &s, tid, nth);
-            WB_BARRIER();
+            WB_STEP(WB_P_QUANT_DOWN);
             x = wb_act_of(&L->down, &s, s.act, I);
             wb_parts_rows(&L->down, 1, c->isa, &x, N, s.h, hid, 1, tid, nth, lin_scr);
-            WB_BARRIER();
+            WB_STEP(WB_P_DOWN);
         }
         /* head tokens: all positions, or the last of each row, gathered into xn */
         for (int64_t i = tid; i < NH; i += nth) {
             int64_t t = c->all_logits ? i : i * c->T + c->T - 1;
             wb_rms_norm(s.h + t * hid, m->final_norm, hid, m->eps, s.xn + i * hid);
         }
-        WB_BARRIER();
+        WB_STEP(WB_P_HEAD_NORM);
         bad += wb_quantize_for(&m->head, c->isa, s.xn, hid, NH, &s, tid, nth);
-        WB_BARRIER();
+        WB_STEP(WB_P_HEAD_NORM);
         x = wb_act_of(&m->head, &s, s.xn, hid);
         int64_t r0, r1;
         wb_lin_split(&m->head, c->isa, NH, tid, nth, &r0, &r1);
@@ -288,7 +310,7 @@ static int wb_engine_forward(const wb_model *m, const wb_call *c) {
                 best_i[b] = bi;
             }
         }
-        WB_BARRIER();
+        WB_STEP(WB_P_HEAD);
         if (c->next && tid == 0) {
             for (int64_t b = 0; b < c->B; b++) {
                 float bv = -INFINITY;
@@ -301,7 +323,9 @@ static int wb_engine_forward(const wb_model *m, const wb_call *c) {
                 }
                 c->next[b] = bi;
             }
+            if (c->profile) c->profile[WB_P_ARGMAX] += wb_now() - t_prev;
         }
+#undef WB_STEP
         bad_total += bad;
     }
     return bad_total;

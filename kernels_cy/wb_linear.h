@@ -123,10 +123,84 @@ static inline void wb_finish(const wb_lin *L, int32_t a, int vnni, int64_t r, fl
 
 /* ------------------------------------------------------------------ INT8 paths */
 
+#if WB_X86
+/* Batch 1 on the VNNI path, four rows at a time. One row alone left the core mostly idle
+ * (measured 25 ns per 576-column row, hot in cache, for dense and sparse alike): its dot is a
+ * short chain of vpdpbusd and a 16-lane horizontal sum, then a scalar rescale. Four rows give
+ * four independent chains per 64-column block, one combined 4 x 16 -> 4 reduction (unpack +
+ * add, 10 instructions instead of 32), and a 4-wide vector rescale in the same operation order
+ * as wb_finish. Values and masks of the next rows are prefetched WB_PF_VALS ahead (DRAM
+ * streams: the batch-1 note in wb_spmm.h). */
+#ifndef WB_PF_DENSE
+#define WB_PF_DENSE 8192
+#endif
+WB_VNNI static inline __m128i wb_reduce4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+    __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+    __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+    /* each 128-bit lane: [a0, a1, a2, a3] partial sums */
+    __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+    return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+WB_VNNI static void wb_gemv4_vnni(const wb_lin *L, const wb_act *x, int64_t r, float *y,
+                                  int accumulate, int32_t *acc) {
+    const int64_t words = L->words;
+    const uint8_t *xu = x->a;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    if (L->kind == WB_LIN_SPARSE) {
+        const uint64_t *m = L->mask + r * words;
+        const int8_t *p0 = L->vals + L->row_ptr[r], *p1 = L->vals + L->row_ptr[r + 1];
+        const int8_t *p2 = L->vals + L->row_ptr[r + 2], *p3 = L->vals + L->row_ptr[r + 3];
+        for (const int8_t *pf = p0 + WB_PF_VALS; pf < L->vals + L->row_ptr[r + 4] + WB_PF_VALS;
+             pf += 64)
+            WB_PREFETCH(pf);
+        for (int64_t w = 0; w < 4 * words; w += 8) WB_PREFETCH(m + 4 * WB_PF_MASK_WORDS + w);
+        for (int64_t b = 0; b < words; b++) {
+            uint64_t m0 = m[b], m1 = m[words + b], m2 = m[2 * words + b], m3 = m[3 * words + b];
+            __m512i xv = wb_load64(xu + 64 * b);
+            a0 = _mm512_dpbusd_epi32(a0, xv, wb_expandload64(m0, p0));
+            a1 = _mm512_dpbusd_epi32(a1, xv, wb_expandload64(m1, p1));
+            a2 = _mm512_dpbusd_epi32(a2, xv, wb_expandload64(m2, p2));
+            a3 = _mm512_dpbusd_epi32(a3, xv, wb_expandload64(m3, p3));
+            p0 += wb_popcount64(m0);
+            p1 += wb_popcount64(m1);
+            p2 += wb_popcount64(m2);
+            p3 += wb_popcount64(m3);
+        }
+    } else {
+        const int8_t *w = L->wd + r * L->kp;
+        const int64_t kp = L->kp;
+        for (const int8_t *pf = w + WB_PF_DENSE; pf < w + 4 * kp + WB_PF_DENSE; pf += 64)
+            WB_PREFETCH(pf);
+        for (int64_t k = 0; k < kp; k += 64) {
+            __m512i xv = wb_load64(xu + k);
+            a0 = _mm512_dpbusd_epi32(a0, xv, wb_load64(w + k));
+            a1 = _mm512_dpbusd_epi32(a1, xv, wb_load64(w + kp + k));
+            a2 = _mm512_dpbusd_epi32(a2, xv, wb_load64(w + 2 * kp + k));
+            a3 = _mm512_dpbusd_epi32(a3, xv, wb_load64(w + 3 * kp + k));
+        }
+    }
+    __m128i a = _mm_sub_epi32(wb_reduce4(a0, a1, a2, a3),
+                              _mm_slli_epi32(_mm_loadu_si128((const __m128i *)(L->rowsum + r)), 7));
+    if (acc) _mm_storeu_si128((__m128i *)(acc + r), a);
+    __m128 f = _mm_mul_ps(_mm_mul_ps(_mm_cvtepi32_ps(a), _mm_set1_ps(x->s[0])),
+                          _mm_loadu_ps(L->w_scale + r));
+    if (L->bias) f = _mm_add_ps(f, _mm_loadu_ps(L->bias + r));
+    if (accumulate) f = _mm_add_ps(_mm_loadu_ps(y + r), f);
+    _mm_storeu_ps(y + r, f);
+}
+#endif
+
 static void wb_int8_gemv(const wb_lin *L, int isa, const wb_act *x, int64_t r0, int64_t r1,
                          float *y, int accumulate, int32_t *acc) {
     int vnni = isa == WB_ISA_AVX512VNNI;
-    for (int64_t r = r0; r < r1; r++) {
+    int64_t r = r0;
+#if WB_X86
+    if (vnni)
+        for (; r + 4 <= r1; r += 4) wb_gemv4_vnni(L, x, r, y, accumulate, acc);
+#endif
+    for (; r < r1; r++) {
         int32_t a = L->kind == WB_LIN_SPARSE
             ? wb_sparse_dot(isa, L->mask + r * L->words, L->vals + L->row_ptr[r], L->words,
                             x->q, x->a)

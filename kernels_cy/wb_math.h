@@ -164,45 +164,11 @@ static void wb_swiglu(int isa, const float *g, const float *u, int64_t i0, int64
 
 /* ------------------------------------------------------------------ attention */
 
-/* Dot of a double query [hd] with a float key [hd]. */
-static inline double wb_qk_generic(const double *q, const float *k, int64_t hd) {
-    double s = 0.0;
-    for (int64_t d = 0; d < hd; d++) s += q[d] * (double)k[d];
-    return s;
-}
-
-#if WB_X86
-WB_AVX512F static inline double wb_qk_avx512(const double *q, const float *k, int64_t hd) {
-    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
-    int64_t d = 0;
-    for (; d + 16 <= hd; d += 16) {
-        WB_TOUCH(k + d, 64);
-        acc0 = _mm512_fmadd_pd(_mm512_loadu_pd(q + d), _mm512_cvtps_pd(_mm256_loadu_ps(k + d)), acc0);
-        acc1 = _mm512_fmadd_pd(_mm512_loadu_pd(q + d + 8),
-                               _mm512_cvtps_pd(_mm256_loadu_ps(k + d + 8)), acc1);
-    }
-    double s = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
-    for (; d < hd; d++) s += q[d] * (double)k[d];
-    return s;
-}
-
-/* acc [hd] += e * v [hd] */
-WB_AVX512F static inline void wb_pv_avx512(double *acc, double e, const float *v, int64_t hd) {
-    __m512d ev = _mm512_set1_pd(e);
-    int64_t d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        WB_TOUCH(v + d, 32);
-        _mm512_storeu_pd(acc + d, _mm512_fmadd_pd(ev, _mm512_cvtps_pd(_mm256_loadu_ps(v + d)),
-                                                  _mm512_loadu_pd(acc + d)));
-    }
-    for (; d < hd; d++) acc[d] += e * (double)v[d];
-}
-#endif
-
 /* One query head over the cached keys/values [S, hd] of its KV head, S = self + 1: keys j
  * with kmask[j] (kmask NULL: every j) and the query's own slot `self` are attended.
  * o [hd] = float(sum_j e_j v_j / sum_j e_j), e_j = exp(s_j - max s), s_j = (q . k_j) / sqrt(hd).
- * qd [hd] and sc [S] are double scratch. */
+ * qd [hd], acc [hd] and sc [S] are double scratch. The portable path, and the reference
+ * arithmetic of the vector one below. */
 static void wb_attend(int isa, const float *q, const float *keys, const float *values,
                       int64_t hd, int64_t self, const uint8_t *kmask, double *qd, double *sc,
                       double *acc, float *o) {
@@ -214,11 +180,8 @@ static void wb_attend(int isa, const float *q, const float *keys, const float *v
     for (int64_t j = first; j < S; j++) {
         if (kmask && !kmask[j] && j != self) { sc[j] = -INFINITY; continue; }
         const float *k = keys + j * hd;
-        double s;
-#if WB_X86
-        if (isa == WB_ISA_AVX512VNNI) s = wb_qk_avx512(qd, k, hd); else
-#endif
-        s = wb_qk_generic(qd, k, hd);
+        double s = 0.0;
+        for (int64_t d = 0; d < hd; d++) s += qd[d] * (double)k[d];
         sc[j] = s * scale;
         if (sc[j] > m) m = sc[j];
     }
@@ -231,12 +194,105 @@ static void wb_attend(int isa, const float *q, const float *keys, const float *v
         if (e == 0.0) continue;
         l += e;
         const float *v = values + j * hd;
-#if WB_X86
-        if (isa == WB_ISA_AVX512VNNI) { wb_pv_avx512(acc, e, v, hd); continue; }
-#endif
         for (int64_t d = 0; d < hd; d++) acc[d] += e * (double)v[d];
     }
     for (int64_t d = 0; d < hd; d++) o[d] = (float)(acc[d] / l);
+}
+
+#if WB_X86
+/* G query heads of one KV head (G <= 3, consecutive in q and o) at once, head_dim 8 * NC:
+ * each key and value row is loaded and widened to double once for all G queries, and the
+ * G x NC accumulators of sum_j e_j v_j stay in registers. Same arithmetic as wb_attend. */
+#define WB_ATT_MAXG 3
+WB_AVX512F static inline __attribute__((always_inline)) void wb_attend_vec(
+        const int NC, const int G, const float *q, const float *keys, const float *values,
+        int64_t self, const uint8_t *kmask, double *sc, float *o) {
+    const int64_t hd = 8 * NC, S = self + 1;
+    const double scale = 1.0 / sqrt((double)hd);
+    __m512d qd[WB_ATT_MAXG][16];
+    double m[WB_ATT_MAXG];
+    for (int g = 0; g < G; g++) {
+        m[g] = -INFINITY;
+        for (int c = 0; c < NC; c++) qd[g][c] = _mm512_cvtps_pd(_mm256_loadu_ps(q + g * hd + 8 * c));
+    }
+    int64_t first = 0;
+    if (kmask) while (first < self && !kmask[first]) first++;
+    for (int64_t j = first; j < S; j++) {
+        if (kmask && !kmask[j] && j != self) {
+            for (int g = 0; g < G; g++) sc[g * S + j] = -INFINITY;
+            continue;
+        }
+        const float *k = keys + j * hd;
+        WB_TOUCH(k, 4 * hd);
+        __m512d kc[16];
+        for (int c = 0; c < NC; c++) kc[c] = _mm512_cvtps_pd(_mm256_loadu_ps(k + 8 * c));
+        for (int g = 0; g < G; g++) {
+            __m512d a0 = _mm512_mul_pd(qd[g][0], kc[0]), a1 = _mm512_mul_pd(qd[g][1], kc[1]);
+            for (int c = 2; c < NC; c += 2) {
+                a0 = _mm512_fmadd_pd(qd[g][c], kc[c], a0);
+                a1 = _mm512_fmadd_pd(qd[g][c + 1], kc[c + 1], a1);
+            }
+            double s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1)) * scale;
+            sc[g * S + j] = s;
+            if (s > m[g]) m[g] = s;
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        double *row = sc + g * S;
+        for (int64_t j = first; j < S; j++) row[j] = row[j] - m[g];
+        int64_t i = first + wb_exp_array_avx512(row + first, S - first);
+        for (; i < S; i++) row[i] = wb_exp(row[i]);
+    }
+    __m512d acc[WB_ATT_MAXG][16];
+    double l[WB_ATT_MAXG];
+    for (int g = 0; g < G; g++) {
+        l[g] = 0.0;
+        for (int c = 0; c < NC; c++) acc[g][c] = _mm512_setzero_pd();
+    }
+    for (int64_t j = first; j < S; j++) {
+        const float *v = values + j * hd;
+        WB_TOUCH(v, 4 * hd);
+        __m512d e[WB_ATT_MAXG];
+        for (int g = 0; g < G; g++) {
+            l[g] += sc[g * S + j];
+            e[g] = _mm512_set1_pd(sc[g * S + j]);
+        }
+        for (int c = 0; c < NC; c++) {
+            __m512d vc = _mm512_cvtps_pd(_mm256_loadu_ps(v + 8 * c));
+            for (int g = 0; g < G; g++) acc[g][c] = _mm512_fmadd_pd(e[g], vc, acc[g][c]);
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        __m512d lv = _mm512_set1_pd(l[g]);
+        for (int c = 0; c < NC; c++)
+            _mm256_storeu_ps(o + g * hd + 8 * c, _mm512_cvtpd_ps(_mm512_div_pd(acc[g][c], lv)));
+    }
+}
+
+#define WB_ATT_FN(NC, G) WB_AVX512F static void wb_attend_##NC##_##G(                        \
+        const float *q, const float *k, const float *v, int64_t self, const uint8_t *km,      \
+        double *sc, float *o) { wb_attend_vec(NC, G, q, k, v, self, km, sc, o); }
+WB_ATT_FN(8, 1) WB_ATT_FN(8, 2) WB_ATT_FN(8, 3) WB_ATT_FN(16, 1)
+#endif
+
+/* G (<= WB_ATT_GROUP) consecutive query heads of one KV head. tmp: double scratch of
+ * 2 * hd + G * (self + 1) values. */
+#define WB_ATT_GROUP 3
+static void wb_attend_heads(int isa, int G, const float *q, const float *keys,
+                            const float *values, int64_t hd, int64_t self,
+                            const uint8_t *kmask, double *tmp, float *o) {
+#if WB_X86
+    if (isa == WB_ISA_AVX512VNNI && (hd == 64 || (hd == 128 && G == 1))) {
+        double *sc = tmp;
+        if (hd == 128) { wb_attend_16_1(q, keys, values, self, kmask, sc, o); return; }
+        if (G == 3) { wb_attend_8_3(q, keys, values, self, kmask, sc, o); return; }
+        if (G == 2) { wb_attend_8_2(q, keys, values, self, kmask, sc, o); return; }
+        if (G == 1) { wb_attend_8_1(q, keys, values, self, kmask, sc, o); return; }
+    }
+#endif
+    for (int g = 0; g < G; g++)
+        wb_attend(isa, q + g * hd, keys, values, hd, self, kmask, tmp, tmp + 2 * hd, tmp + hd,
+                  o + g * hd);
 }
 
 #endif /* WB_MATH_H */

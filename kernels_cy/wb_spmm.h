@@ -50,7 +50,9 @@ static inline int wb_popcount64(uint64_t m) { return __builtin_popcountll(m); }
  * faster in a stand-alone test of 4096x4096 rows. The AVX2 dot, bound by its 32-column
  * decoding, runs the same with or without it (0.94 vs 0.95 ms at 70% on that machine, forced
  * to the AVX2 path). A prefetch never faults, so running past the last row is harmless. */
+#ifndef WB_PF_VALS
 #define WB_PF_VALS 2048
+#endif
 #define WB_PF_MASK_WORDS 64
 #define WB_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
 
@@ -244,9 +246,19 @@ WB_VNNI static inline __m512i wb_load64(const void *p) {
     return _mm512_loadu_si512(p);
 }
 
+#ifndef WB_EXPAND_FROM_REGISTER
+#define WB_EXPAND_FROM_REGISTER 1
+#endif
 WB_VNNI static inline __m512i wb_expandload64(uint64_t m, const int8_t *v) {
+#if WB_EXPAND_FROM_REGISTER
+    /* a plain 64-byte load, then vpexpandb from the register: the memory form of vpexpandb
+     * measured slower (packed values carry 64 bytes of padding, so the load stays inside) */
+    WB_TOUCH(v, 64);
+    return _mm512_maskz_expand_epi8((__mmask64)m, _mm512_loadu_si512((const void *)v));
+#else
     WB_TOUCH(v, wb_popcount64(m));             /* vpexpandb reads popcount(m) bytes */
     return _mm512_maskz_expandloadu_epi8((__mmask64)m, v);
+#endif
 }
 
 /* vpexpandb places the popcount(m) packed bytes at the set bits of m: the bitmask format

@@ -23,6 +23,7 @@ the gain of the kernels from the gain of the loop. The decoder math is in workbe
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -195,6 +196,7 @@ class PackedModel(nn.Module):
         self.engine = engine
         self.n_threads = None if n_threads is None else kernels.check_threads(n_threads)
         self._native_engine = None                 # built on first use (_native)
+        self._profile = None                       # seconds per engine step, see profile()
         self.dims = llama_dims(model.config)
         spec = get_arch(model)
         self.register_buffer("embed", _copy(model.get_submodule(spec.embed).weight))
@@ -256,6 +258,17 @@ class PackedModel(nn.Module):
                                                  spec(self.lm_head))
         return self._native_engine
 
+    def profile(self, steps: bool = True):
+        """Start (steps=True) or stop (False) timing the native engine's steps; returns the
+        seconds accumulated so far per step (kernels_cy/_linear.pyx ENGINE_STEPS) as a dict.
+        Each step is timed from one barrier to the next: the slowest thread's time."""
+        from workbench import _linear
+
+        done = {} if self._profile is None else dict(zip(_linear.ENGINE_STEPS,
+                                                         self._profile.tolist(), strict=True))
+        self._profile = np.zeros(len(_linear.ENGINE_STEPS)) if steps else None
+        return done
+
     def _native_forward(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor,
                         all_logits: bool, next_ids: torch.Tensor | None = None) -> torch.Tensor:
         """_forward on the native engine: one C call for every layer, the head and (next_ids,
@@ -270,7 +283,8 @@ class PackedModel(nn.Module):
         bad = self._native().run(
             _linear.ISA_NAMES[kernels.active_isa()], threads, ids.contiguous().numpy(),
             positions.contiguous().numpy(), cache.keys.numpy(), cache.values.numpy(), s0, mask,
-            logits.numpy(), all_logits, None if next_ids is None else next_ids.numpy())
+            logits.numpy(), all_logits, None if next_ids is None else next_ids.numpy(),
+            self._profile)
         if bad:
             raise ValueError(f"activations hold NaN or Inf ({bad} quantized rows); the model's "
                              "weights or inputs are not finite")
