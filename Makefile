@@ -103,7 +103,7 @@ test-notebooks: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The kernel parity tests once under AddressSanitizer: the extensions are rebuilt with
+# The kernel parity tests and the engine tests once under AddressSanitizer: the extensions are rebuilt with
 # -fsanitize=address into build/asan (a copy of the package, so the normal build is untouched)
 # and Python runs with libasan preloaded. Any out-of-bounds read or write aborts the run.
 ASAN_DIR := build/asan
@@ -116,7 +116,8 @@ asan: setup
 		../../$(BIN)/python -c "import workbench, sys; assert workbench.__file__.startswith('$$PWD'), workbench.__file__" && \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 		TQDM_DISABLE=1 ../../$(BIN)/python -m pytest -q -p no:cacheprovider --rootdir=../.. \
-		../../tests/test_kernels_linear.py ../../tests/test_kernels_quant.py
+		../../tests/test_kernels_linear.py ../../tests/test_kernels_quant.py \
+		../../tests/test_engine.py -m "not slow"
 
 # Kernel benchmark (idle machine!): ratios against torch FP32, torch dynamic INT8 and our dense
 # INT8 from one run, into results/kernels/. BENCH_ARGS=--quick for a minute-long smoke run.

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench import kernels as K
+from workbench.timing import read_bandwidth
 
 SHAPES = [(1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]   # (out, in)
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9]
@@ -51,19 +52,6 @@ def median_time(fns, x, repeats: int, min_samples: int = 20) -> float:
             fn(x)
             samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
-
-
-def read_bandwidth(threads: int, mib: int = 512, repeats: int = 7) -> float:
-    """GB/s of torch.sum streaming a float32 buffer much larger than the cache."""
-    torch.set_num_threads(threads)
-    buf = torch.ones(mib << 18)                       # mib MiB of float32
-    buf.sum()
-    best = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        buf.sum()
-        best.append(time.perf_counter() - t0)
-    return buf.numel() * 4 / statistics.median(best) / 1e9
 
 
 def _n_matrices(bytes_each: int, llc: int) -> int:

@@ -152,3 +152,26 @@ def test_greedy_agreement_counts_equal_tokens_and_prefix():
     assert all(0 <= r["common_prefix"] <= r["equal_tokens"] <= 6 for r in rows)
     assert sum(r["equal_tokens"] for r in rows) < 18
     assert min(r["max_abs_logit_diff"] for r in rows) > 1e-3
+
+
+def test_roofline_fraction_is_streamed_bytes_per_second_over_the_probe():
+    r = bench.SpeedResult("ours-int8", "m", batch=2, threads=1, prompt_len=8, new_tokens=8,
+                          prefill_tok_s=1.0, decode_tok_s=200.0, decode_ms_per_token=5.0,
+                          streamed_mb=50.0)
+    bench.with_roofline(r, {1: 20.0})
+    # 100 steps/s (batch 2) x 50 MiB = 5.24 GB/s of a 20 GB/s probe
+    assert r.read_probe_gbs == 20.0 and abs(r.roofline - 100 * 50 * 2**20 / 20e9) < 1e-12
+    assert bench.with_roofline(r, {}).roofline == 0.0
+
+
+def test_packed_models_count_the_bytes_a_step_reads(tiny):
+    from workbench import runtime
+
+    model = tiny[0]
+    packed, fp32 = runtime.pack(model), runtime.PackedModel.from_fp32(model)
+    table = packed.summary()
+    norms = sum(p.nbytes for n, p in model.named_parameters() if "norm" in n)
+    assert packed.streamed_bytes == int(table.nbytes.sum()) + norms      # no embedding table
+    assert fp32.streamed_bytes == fp32.nbytes                            # tied: read as the head
+    held, streamed = bench._hf_bytes(model)
+    assert held == sum(p.nbytes for p in model.parameters()) and streamed == fp32.streamed_bytes

@@ -272,3 +272,85 @@ def test_environment_variable_selects_the_path():
         done = _import_with_env(missing[0])
         assert done.returncode != 0 and "not available" in done.stderr
         assert "Segmentation" not in done.stderr and done.returncode > 0
+
+
+# ---------------------------------------------------------------- hardening
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_parity_at_the_widest_layer_and_the_int8_extremes(isa):
+    """in_features = 65536 (the limit) with every |x| = |w| = 127: the VNNI path sums
+    (x + 128) * w = 255 * 127 * 65536 = 2.12e9 per row in int32 (1.2% headroom) before it
+    subtracts 128 * rowsum; every path (batch-1 dots, row-pair dots, 32-row tiles) holds it."""
+    k = K.MAX_IN_FEATURES
+    w = torch.ones(5, k)
+    w[1::2] *= -1                                        # rows +127, -127, +127, -127, +127
+    for fmt in ("sparse", "dense"):
+        p = K.pack_linear(w, format=fmt)
+        for n in (1, 5, 20):
+            x = np.full((n, k), 3.0, np.float32)
+            x[n // 2] *= -1                              # one token of -127s
+            _assert_parity(p, x, isa, 2)
+            _, acc = K.packed_matmul(p, x, isa=isa, return_acc=True)
+            sign = np.where(np.arange(n) == n // 2, -1, 1)            # per token
+            np.testing.assert_array_equal(acc[:, 0], sign * 127 * 127 * k)
+            np.testing.assert_array_equal(acc[:, 1], -sign * 127 * 127 * k)
+
+
+def _corrupt(p, **arrays):
+    """A copy of PackedLinear p with some arrays replaced (no compiled handle yet)."""
+    import copy
+
+    q = copy.copy(p)
+    q._kernel = None
+    for name, value in arrays.items():
+        setattr(q, name, value)
+    return q
+
+
+def test_a_corrupted_packed_layer_is_a_value_error_not_a_crash():
+    x = _x(3, 130)
+    sparse = K.pack_linear(_weight(20, 130, 0.5), format="sparse")
+    dense = K.pack_linear(_weight(20, 130, 0.5), format="dense")
+    rp = sparse.row_ptr.copy()
+    rp[5:] += 1                                          # one row claims a value too many
+    mask = sparse.mask.copy()
+    mask[3, -1] |= np.uint64(1) << np.uint64(63)         # column 191 > in_features
+    vals = sparse.values.copy()
+    vals[0] = -128
+    short = sparse.values[: sparse.nnz + 10].copy()
+    rowsum = sparse.rowsum.copy()
+    rowsum[7] += 1
+    cases = [
+        (_corrupt(sparse, row_ptr=rp), "running popcount"),
+        (_corrupt(sparse, mask=mask), "padding columns"),
+        (_corrupt(sparse, values=vals), "-128"),
+        (_corrupt(sparse, values=short), "padding"),
+        (_corrupt(sparse, rowsum=rowsum), "rowsum"),
+        (_corrupt(sparse, row_ptr=sparse.row_ptr[:-1].copy()), "do not match"),
+    ]
+    dq = dense.qweight.copy()
+    dq[2, 5] = -128
+    dpad = dense.qweight.copy()
+    dpad[2, 140] = 3                                     # a padding column
+    cases += [(_corrupt(dense, qweight=dq), "-128"), (_corrupt(dense, qweight=dpad), "padding"),
+              (_corrupt(dense, rowsum=dense.rowsum[:-1].copy()), "per-row")]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            K.packed_matmul(bad, x)
+
+
+def test_the_compiled_layer_checks_its_own_limits():
+    from workbench import _linear
+
+    k = K.MAX_IN_FEATURES + 64
+    empty = np.zeros(0, np.float32)
+    with pytest.raises(ValueError, match="in_features"):
+        _linear.Kernel(False, k, np.zeros((1, k), np.int8), np.zeros((0, k // 64), np.uint64),
+                       np.zeros(0, np.int8), np.zeros(0, np.int64), np.zeros(1, np.int32),
+                       np.ones(1, np.float32), empty)
+    p = K.pack_linear(_weight(4, 64, 0.0), format="dense")
+    kern = K._kernel(p)
+    with pytest.raises(ValueError, match="not available"):
+        kern.run(99, 1, np.zeros((1, 64), np.float32), np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match="n_threads"):
+        kern.run(0, 0, np.zeros((1, 64), np.float32), np.zeros((1, 4), np.float32))

@@ -293,3 +293,28 @@ def test_llamacpp_greedy_tokens_equal_hf_on_the_embedded_model(llama_cpp_peer, r
             out.append(int(logits.argmax(-1)))
             logits = system.decode_step(torch.tensor(out[-1:]))
         assert out == hf.tolist(), prompt
+
+
+# ---------------------------------------------------------------- llama-bench
+
+NOT_BUILT = "LLAMA-BENCH NOT BUILT (make peers): llama-bench tests skipped"
+
+
+def test_llama_bench_absent_says_make_peers(monkeypatch, tmp_path):
+    monkeypatch.setenv(peers.LLAMA_BENCH_ENV, str(tmp_path / "no-such-binary"))
+    assert peers.llama_bench_path() is None
+    with pytest.raises(FileNotFoundError, match="make peers"):
+        peers.llama_bench(tmp_path / "m.gguf", threads=1)
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+def test_llama_bench_times_a_tiny_gguf(tmp_path, tiny_tok_gguf, qtype):
+    if peers.llama_bench_path() is None:
+        warnings.warn(NOT_BUILT, UserWarning, stacklevel=1)
+        pytest.skip(NOT_BUILT)
+    model, _ = tiny_llama(seed=5)
+    export(model, tmp_path, qtype, tiny_tok_gguf)
+    r = peers.llama_bench(tmp_path / f"m-{qtype}.gguf", threads=1, prompt_len=16, new_tokens=8,
+                          repeats=1)
+    assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_mb"] > 0
+    assert r["model_bytes"] <= (tmp_path / f"m-{qtype}.gguf").stat().st_size

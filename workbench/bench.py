@@ -10,11 +10,19 @@ tokens/s are reported separately. Systems (each a `System` with prefill and deco
   hf-fp32        Hugging Face model, its own forward and KV cache (what `generate` runs per
                  token, minus sampling bookkeeping)
   hf-int8        the same with torch dynamic INT8 Linear layers (quantize_dynamic)
-  ours-fp32      our lean loop (workbench.runtime) with FP32 weights: loop overhead alone
-  ours-int8      our loop, dense INT8 kernels
-  ours-sparse-S  our loop, weights magnitude-pruned to S per row, bitmask-sparse INT8 kernels
+  ours-fp32      our runtime (workbench.runtime, native engine) with FP32 weights
+  ours-int8      our runtime, dense INT8 kernels
+  ours-sparse-S  our runtime, weights magnitude-pruned to S per row, bitmask-sparse INT8
+  ours-torch-K   K (fp32, int8, sparse-S) on the torch loop, the native engine's reference
   llamacpp-Q     llama.cpp (llama-cpp-python, `make peers`) on a GGUF file of type Q (f32,
                  q8_0, q4_0) written from the same FP32 weights (workbench.peers); batch 1
+  llamabench-Q   llama.cpp's own llama-bench binary on the same GGUF files (`make peers`):
+                 pp{prompt_len}, then tg{new_tokens} at a depth of prompt_len; batch 1
+
+Every row carries the weight bytes one decode step reads (streamed_mb: every matrix it
+multiplies, not the embedding table it indexes) and, against a read-bandwidth probe measured
+in the same run at the same thread count, the fraction of the bytes roofline it reaches:
+roofline = streamed bytes x decode steps/s / probe bytes/s.
 
 Every system runs in its own subprocess so its peak RSS is its own. Sparse models for speed
 use magnitude pruning: the kernels' speed depends on the sparsity pattern's density, not on
@@ -30,13 +38,13 @@ from __future__ import annotations
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from workbench.timing import System, resident_mb, tokens_per_sec
 
 SHAPES = {  # random-weight shape models (hidden, intermediate, layers, heads, kv heads, vocab)
     "llama2-7b-shape": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -60,13 +68,9 @@ class SpeedResult:
     peak_rss_mb: float = 0.0
     weight_mb: float = 0.0
     rss_mb: float = 0.0          # resident at the end of the measurement (peak includes packing)
-
-
-class System:
-    """prefill(ids [B, T]) -> logits [B, V]; decode_step(tokens [B]) -> logits [B, V]."""
-
-    def __init__(self, prefill, decode_step, weight_bytes: int = 0):
-        self.prefill, self.decode_step, self.weight_bytes = prefill, decode_step, weight_bytes
+    streamed_mb: float = 0.0     # weight bytes one decode step reads
+    read_probe_gbs: float = 0.0  # the same run's read probe at this thread count
+    roofline: float = 0.0        # streamed bytes x steps/s over the probe
 
 
 def hf_system(model) -> System:
@@ -85,35 +89,33 @@ def hf_system(model) -> System:
         state["past"] = out.past_key_values
         return out.logits[:, -1]
 
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return System(prefill, decode_step, nbytes)
+    return System(prefill, decode_step, *_hf_bytes(model))
+
+
+def _hf_bytes(model) -> tuple[int, int]:
+    """(bytes held, bytes a decode step reads) of a Hugging Face model, dynamic INT8 Linear
+    layers (1 byte per weight) included. A step reads every matrix but the embedding table;
+    a tied head reads the embedding matrix as the head."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    streamed = 0
+    for name, m in model.named_modules():
+        if isinstance(m, DynamicLinear):
+            w = m.weight()
+            held += w.numel()
+            streamed += w.numel()
+        elif isinstance(m, torch.nn.Linear):
+            streamed += m.weight.numel() * m.weight.element_size()
+        elif name.endswith("norm") and hasattr(m, "weight"):
+            streamed += m.weight.numel() * m.weight.element_size()
+    return held, streamed
 
 
 def runtime_system(packed, new_tokens: int) -> System:
     """Our lean loop; its KV cache is sized for the prompt plus new_tokens decode steps."""
     return System(lambda ids: packed.prefill(ids, max_new_tokens=new_tokens),
-                  packed.decode_step, packed.nbytes)
-
-
-def tokens_per_sec(system: System, vocab: int, batch: int = 1, prompt_len: int = 128,
-                   new_tokens: int = 128, warmup: int = 1, repeats: int = 3,
-                   seed: int = 0) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s), medians over repeats after warm-up runs. The
-    prompt is random token ids; decoding is greedy."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (batch, prompt_len), generator=g)
-    pre, dec = [], []
-    for i in range(warmup + repeats):
-        t0 = time.perf_counter()
-        logits = system.prefill(ids)
-        t1 = time.perf_counter()
-        for _ in range(new_tokens):
-            logits = system.decode_step(logits.argmax(-1))
-        t2 = time.perf_counter()
-        if i >= warmup:
-            pre.append(t1 - t0)
-            dec.append(t2 - t1)
-    return batch * prompt_len / statistics.median(pre), batch * new_tokens / statistics.median(dec)
+                  packed.decode_step, packed.nbytes, packed.greedy_step, packed.streamed_bytes)
 
 
 # ---------------------------------------------------------------- models
@@ -202,21 +204,32 @@ def magnitude_sparsify_(model, sparsity: float) -> None:
 
 
 LLAMACPP_SYSTEMS = ("llamacpp-f32", "llamacpp-q8_0", "llamacpp-q4_0")
+LLAMABENCH_SYSTEMS = ("llamabench-f32", "llamabench-q8_0", "llamabench-q4_0")
+
+
+def _engine_of(kind: str) -> tuple[str, str]:
+    """("ours-..." kind without the engine, engine) for our systems."""
+    if kind.startswith("ours-torch-"):
+        return "ours-" + kind[len("ours-torch-"):], "torch"
+    return kind, "native"
 
 
 def check_system(kind: str) -> None:
     """ValueError unless kind names a system (before any model is built)."""
-    if kind in ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8", *LLAMACPP_SYSTEMS):
+    base, _ = _engine_of(kind)
+    if base in ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8", *LLAMACPP_SYSTEMS,
+                *LLAMABENCH_SYSTEMS):
         return
-    if kind.startswith("ours-sparse-"):
+    if base.startswith("ours-sparse-"):
         try:
-            sparsity = float(kind.rsplit("-", 1)[1])
+            sparsity = float(base.rsplit("-", 1)[1])
         except ValueError:
             sparsity = -1.0
         if 0 <= sparsity < 1:
             return
-    raise ValueError(f"unknown system {kind!r}: hf-fp32, hf-int8, ours-fp32, ours-int8, "
-                     f"ours-sparse-<sparsity in [0, 1)> or {', '.join(LLAMACPP_SYSTEMS)}")
+    raise ValueError(f"unknown system {kind!r}: hf-fp32, hf-int8, ours[-torch]-fp32, "
+                     f"ours[-torch]-int8, ours[-torch]-sparse-<sparsity in [0, 1)>, "
+                     f"{', '.join(LLAMACPP_SYSTEMS)} or {', '.join(LLAMABENCH_SYSTEMS)}")
 
 
 def build_system(kind: str, model_name: str, layers: int | None = None,
@@ -224,6 +237,9 @@ def build_system(kind: str, model_name: str, layers: int | None = None,
     """(System, vocab) for one configuration; kind as in the module docstring. threads is
     used by llama.cpp systems only (fixed when built; ours and torch read it per call)."""
     check_system(kind)
+    if kind in LLAMABENCH_SYSTEMS:
+        raise ValueError(f"{kind} runs as its own binary: see llama_bench_rows")
+    kind, engine = _engine_of(kind)
     if kind in LLAMACPP_SYSTEMS:
         from workbench import peers
 
@@ -254,14 +270,14 @@ def build_system(kind: str, model_name: str, layers: int | None = None,
     from workbench import runtime
 
     if kind == "ours-fp32":
-        return runtime_system(runtime.PackedModel.from_fp32(model), new_tokens), vocab
+        return runtime_system(runtime.PackedModel.from_fp32(model, engine=engine), new_tokens), vocab
     if kind == "ours-int8":
-        return runtime_system(runtime.pack(model, format="dense"), new_tokens), vocab
+        return runtime_system(runtime.pack(model, format="dense", engine=engine), new_tokens), vocab
     if kind == "ours-sparse-pruned":                    # a streamed shape model, pruned as built
-        return runtime_system(runtime.pack(model, format="sparse"), new_tokens), vocab
+        return runtime_system(runtime.pack(model, format="sparse", engine=engine), new_tokens), vocab
     if kind.startswith("ours-sparse-"):
         magnitude_sparsify_(model, float(kind.rsplit("-", 1)[1]))
-        return runtime_system(runtime.pack(model, format="sparse"), new_tokens), vocab
+        return runtime_system(runtime.pack(model, format="sparse", engine=engine), new_tokens), vocab
     raise AssertionError(kind)                          # check_system let an unknown kind by
 
 
@@ -284,17 +300,36 @@ def measure(kind: str, model_name: str, batches: list[int], threads: list[int], 
             out.append(SpeedResult(kind, label, b, t, prompt_len, new_tokens, pre, dec,
                                    1e3 * b / dec,
                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                   system.weight_bytes / 2**20, resident_mb()))
+                                   system.weight_bytes / 2**20, resident_mb(),
+                                   system.streamed_bytes / 2**20))
     return out
 
 
-def resident_mb() -> float:
-    """This process's resident set now (MiB), from /proc (0 where there is no /proc)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
+def llama_bench_rows(kind: str, model_name: str, threads: list[int], prompt_len: int,
+                     new_tokens: int, repeats: int = 3) -> list[SpeedResult]:
+    """llama-bench (a llamabench-Q system) on the GGUF of model_name at each thread count."""
+    from workbench import peers
+
+    if model_name in SHAPES:
+        raise ValueError("llama.cpp systems run the embedded model only")
+    path = peers.gguf_for(model_name, kind.split("-", 1)[1].upper())
+    out = []
+    for t in threads:
+        r = peers.llama_bench(path, t, prompt_len, new_tokens, repeats)
+        mb = r["model_bytes"] / 2**20
+        out.append(SpeedResult(kind, model_name, 1, t, prompt_len, new_tokens,
+                               r["prefill_tok_s"], r["decode_tok_s"], 1e3 / r["decode_tok_s"],
+                               r["peak_rss_mb"], mb, 0.0, mb))
+    return out
+
+
+def with_roofline(r: SpeedResult, probe: dict[int, float]) -> SpeedResult:
+    """r with the read probe of its thread count and its fraction of the bytes roofline."""
+    gbs = probe.get(r.threads, 0.0)
+    steps = r.decode_tok_s / r.batch
+    r.read_probe_gbs = gbs
+    r.roofline = r.streamed_mb * 2**20 * steps / (gbs * 1e9) if gbs else 0.0
+    return r
 
 
 def run_isolated(**kwargs) -> list[SpeedResult]:
@@ -320,7 +355,8 @@ def extrapolate(layers: list[int], ms_per_token: list[float], depth: int) -> dic
             "tok_s": 1e3 / (a + b * depth)}
 
 
-EMBEDDED_SYSTEMS = ("hf-fp32", "hf-int8", "ours-fp32", "ours-int8", "ours-sparse-0.5",
+EMBEDDED_SYSTEMS = ("hf-fp32", "hf-int8", "ours-torch-fp32", "ours-torch-int8",
+                    "ours-torch-sparse-0.7", "ours-fp32", "ours-int8", "ours-sparse-0.5",
                     "ours-sparse-0.7", "ours-sparse-0.8", "ours-sparse-0.9")
 SHAPE_MODELS = ("llama2-7b-shape", "tinyllama-1.1b-shape")
 FIT_SYSTEMS = ("ours-fp32", "ours-int8")             # timed at shape_layers, fitted to full depth
@@ -350,11 +386,19 @@ def run_decode(model: str = "smollm2-135m", systems=EMBEDDED_SYSTEMS, batches=(1
     system is also timed at full depth, the fit row shows both). FP32 is timed at full depth too
     when it needs at most FP32_FULL_DEPTH_MAX_GB. Returns {"rows": [...], "fits": [...]}."""
     rows, fits = [], []
+    from workbench.timing import read_bandwidth
+
+    probe = {t: read_bandwidth(t) for t in threads}
+    log("read probe: " + ", ".join(f"{t} thread(s) {gb:.1f} GB/s" for t, gb in probe.items()))
     for kind in systems:
-        for r in run_isolated(kind=kind, model_name=model, batches=list(batches),
-                              threads=list(threads), prompt_len=prompt_len,
-                              new_tokens=new_tokens, repeats=repeats):
-            rows.append(asdict(r))
+        if kind in LLAMABENCH_SYSTEMS:
+            found = llama_bench_rows(kind, model, list(threads), prompt_len, new_tokens, repeats)
+        else:
+            found = run_isolated(kind=kind, model_name=model, batches=list(batches),
+                                 threads=list(threads), prompt_len=prompt_len,
+                                 new_tokens=new_tokens, repeats=repeats)
+        for r in found:
+            rows.append(asdict(with_roofline(r, probe)))
             log(_line(r))
     for name in shape_models:
         depth = SHAPES[name]["num_hidden_layers"]
@@ -368,7 +412,7 @@ def run_decode(model: str = "smollm2-135m", systems=EMBEDDED_SYSTEMS, batches=(1
         for layers, kind in runs:
             for r in run_isolated(kind=kind, model_name=name, batches=[1], threads=list(threads),
                                   prompt_len=16, new_tokens=32, repeats=2, layers=layers):
-                rows.append({**asdict(r), "layers": layers})
+                rows.append({**asdict(with_roofline(r, probe)), "layers": layers})
                 log(_line(r))
                 if layers == depth:
                     measured_full[(kind, r.threads)] = r.decode_ms_per_token
@@ -413,12 +457,40 @@ def greedy_agreement(system_model, reference, prompts: list[torch.Tensor],
     return out
 
 
+def engine_agreement(native, reference, tokenizer, n_prompts: int = 20,
+                     n_tokens: int = 64) -> list[dict]:
+    """The native engine against its reference, the torch loop, on the same packed weights:
+    n_prompts GSM8K test questions in the chat template, n_tokens greedy tokens each (no early
+    stop). Per prompt: tokens equal at the same position, the common prefix, and the relative
+    logit difference with both fed the reference's continuation (teacher forced)."""
+    from workbench import data
+
+    out = []
+    for i, item in enumerate(data.gsm8k("test", n=n_prompts)):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": item.question}],
+                                            add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        T = ids.shape[1]
+        want = reference.generate(ids, n_tokens)
+        got = native.generate(ids, n_tokens)[0, T:]
+        lw, lg = reference.forward_logits(want), native.forward_logits(want)
+        equal = got == want[0, T:]
+        out.append({"prompt": i, "prompt_tokens": T, "equal_tokens": int(equal.sum()),
+                    "n_tokens": n_tokens, "common_prefix": int(equal.long().cumprod(0).sum()),
+                    "max_abs_logit_diff": float((lg - lw).abs().max()),
+                    "rel_logit_diff": float((lg - lw).norm() / lw.norm())})
+    return out
+
+
 def agreement_table(model_name: str = "smollm2-135m", sparsities=(0.0, 0.5), n_prompts: int = 20,
-                    n_tokens: int = 32) -> list[dict]:
+                    n_tokens: int = 32, sparsities_engine=(0.0, 0.7),
+                    engine_tokens: int = 64) -> list[dict]:
     """Correctness of the runtime on the embedded model, on n_prompts GSM8K test questions in
     the chat template: our FP32 loop against HF FP32, and the packed W8A8 model (lm_head FP32,
     as quant.quantize_ leaves it) against quantize_'s fake-quant model, at each sparsity
-    (magnitude pruning per row). One row per (comparison, prompt)."""
+    (magnitude pruning per row); and the native engine against the torch loop on the same
+    packed model at each of sparsities_engine (engine_tokens tokens per prompt). One row per
+    (comparison, prompt)."""
     import copy
 
     from workbench import data, runtime
@@ -432,6 +504,16 @@ def agreement_table(model_name: str = "smollm2-135m", sparsities=(0.0, 0.5), n_p
                for q in questions]
     rows = [{"comparison": "ours-fp32 vs hf-fp32", "sparsity": 0.0, **r}
             for r in greedy_agreement(runtime.PackedModel.from_fp32(model), model, prompts, n_tokens)]
+    for sparsity in sparsities_engine:
+        pruned = copy.deepcopy(model)
+        if sparsity:
+            magnitude_sparsify_(pruned, sparsity)
+        fmt = "dense" if sparsity == 0 else "sparse"
+        name = "ours-int8" if sparsity == 0 else f"ours-sparse-{sparsity:g}"
+        rows += [{"comparison": f"{name}: native engine vs torch loop", "sparsity": sparsity, **r}
+                 for r in engine_agreement(runtime.pack(pruned, format=fmt),
+                                           runtime.pack(pruned, format=fmt, engine="torch"),
+                                           tok, n_prompts, engine_tokens)]
     for sparsity in sparsities:
         pruned = copy.deepcopy(model)
         if sparsity:
@@ -447,10 +529,12 @@ def agreement_table(model_name: str = "smollm2-135m", sparsities=(0.0, 0.5), n_p
 def _line(r: SpeedResult) -> str:
     return (f"{r.model:<42} {r.system:<16} b={r.batch} t={r.threads}: prefill "
             f"{r.prefill_tok_s:8.1f} tok/s  decode {r.decode_tok_s:7.1f} tok/s "
-            f"({r.decode_ms_per_token:.2f} ms/token)  peak RSS {r.peak_rss_mb:.0f} MB")
+            f"({r.decode_ms_per_token:.2f} ms/token)  peak RSS {r.peak_rss_mb:.0f} MB  "
+            f"{r.streamed_mb:.0f} MB/step, {r.roofline:.0%} of the roofline")
 
 
-__all__ = ["LLAMACPP_SYSTEMS", "agreement_table", "greedy_agreement", "check_system", "EMBEDDED_SYSTEMS", "FIT_SYSTEMS", "FULL_SYSTEMS", "SHAPE_MODELS",
+__all__ = ["LLAMABENCH_SYSTEMS", "LLAMACPP_SYSTEMS", "engine_agreement", "llama_bench_rows",
+           "with_roofline", "agreement_table", "greedy_agreement", "check_system", "EMBEDDED_SYSTEMS", "FIT_SYSTEMS", "FULL_SYSTEMS", "SHAPE_MODELS",
            "SHAPES", "SHAPE_SYSTEMS", "resident_mb", "shape_fp32_gb", "streamed_shape_model", "run_decode", "SpeedResult", "System", "build_system", "extrapolate", "hf_system",
            "magnitude_sparsify_", "measure", "run_isolated", "runtime_system", "shape_model",
            "tokens_per_sec"]

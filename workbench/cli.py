@@ -339,7 +339,8 @@ def cmd_bench(args) -> int:
     quick = quick_mode(args.quick)
     if args.what == "agreement":
         rows = pd.DataFrame(bench.agreement_table(args.model, n_prompts=4 if quick else 20,
-                                                  n_tokens=8 if quick else 32))
+                                                  n_tokens=8 if quick else 32,
+                                                  engine_tokens=8 if quick else 64))
         rows["identical"] = rows["common_prefix"] == rows["n_tokens"]
         summary = rows.groupby("comparison", sort=False).agg(
             prompts=("prompt", "size"), equal_tokens=("equal_tokens", "sum"),
@@ -363,6 +364,10 @@ def cmd_bench(args) -> int:
             systems += bench.LLAMACPP_SYSTEMS
         else:
             print("llama.cpp peer not installed (`make peers`): its systems are skipped")
+        if peers.llama_bench_path() is not None:
+            systems += bench.LLAMABENCH_SYSTEMS
+        else:
+            print("llama-bench not built (`make peers`): its systems are skipped")
     layers = _int_list(args.shape_layers, "--shape-layers") if args.shape_layers else []
     shape_models = tuple(m for m in args.shape_models.split(",") if m.strip())
     bad = [m for m in shape_models if m not in SHAPE_MODEL_NAMES]

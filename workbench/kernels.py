@@ -13,7 +13,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from workbench.packing import MAX_IN_FEATURES, PackedLinear, aligned, linear_int8_ref, pack_linear
+from workbench.packing import MAX_IN_FEATURES, PackedLinear, aligned, pack_linear
+from workbench.reference import linear_int8_ref, quantize_per_token_ref, quantize_static_ref
 
 try:
     from workbench import _linear, _quant
@@ -70,20 +71,6 @@ def _as_float32_matrix(x, name: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- per-token INT8 quantization
-
-def quantize_per_token_ref(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy reference: symmetric per-row INT8, scale = absmax/127, round half to even.
-
-    x: float32 [n, k] -> (q int8 [n, k], scales float32 [n]).
-    """
-    x = np.asarray(x, dtype=np.float32)
-    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], np.float32)
-    scales = (amax / np.float32(127)).astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
-    q = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int8)
-    return q, scales
-
 
 def quantize_per_token(x, n_threads: int | None = None):
     """Per-token symmetric INT8 quantization (compiled, OpenMP over rows, GIL released).
@@ -324,4 +311,4 @@ class SparseInt8Linear(torch.nn.Module):
 
 __all__ = ["ISAS", "MAX_IN_FEATURES", "PackedLinear", "SparseInt8Linear", "active_isa",
            "check_threads", "cpu_features", "default_threads", "linear_int8_ref", "pack_linear", "packed_matmul",
-           "quantize_per_token", "quantize_per_token_ref", "set_isa", "supported_isas"]
+           "quantize_per_token", "quantize_per_token_ref", "quantize_static_ref", "set_isa", "supported_isas"]

@@ -207,33 +207,3 @@ def pack_linear(weight, bias=None, *, format: str = "auto", act_scale: float | N
     values[: row_ptr[-1]] = qpad[nz]                         # row after row, column order
     return PackedLinear(qweight=np.zeros((0, kp), np.int8), mask=mask, values=values,
                         row_ptr=row_ptr, **common)
-
-
-# ---------------------------------------------------------------- NumPy reference
-
-def quantize_static_ref(x: np.ndarray, scale: float) -> np.ndarray:
-    """q = clip(round_half_even(x * (1/scale)), -127, 127), float32 arithmetic."""
-    inv = np.float32(1) / np.float32(scale)
-    return np.clip(np.rint(np.asarray(x, np.float32) * inv), -127, 127).astype(np.int8)
-
-
-def linear_int8_ref(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None,
-                    act_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reference W8A8 product with the kernels' quantization and rescale order.
-
-    x float32 [n, in], q int8 [out, in], scale float32 [out] ->
-    (y float32 [n, out], acc int64 [n, out] exact integer accumulators).
-    """
-    from workbench.kernels import quantize_per_token_ref
-
-    x = np.asarray(x, np.float32)
-    if act_scale is None:
-        xq, sx = quantize_per_token_ref(x)
-    else:
-        xq = quantize_static_ref(x, act_scale)
-        sx = np.full(x.shape[0], act_scale, dtype=np.float32)
-    acc = xq.astype(np.int64) @ q.astype(np.int64).T                    # [n, out], exact
-    y = (acc.astype(np.float32) * sx[:, None]) * np.asarray(scale, np.float32)[None, :]
-    if bias is not None:
-        y = y + np.asarray(bias, np.float32)[None, :]
-    return y.astype(np.float32), acc

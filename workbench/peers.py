@@ -11,19 +11,26 @@ Two layout details follow llama.cpp's own converter (convert_hf_to_gguf.py, Llam
     layout (pairs (j, j + d/2)) to llama.cpp's interleaved one (pairs (2j, 2j + 1));
   * with tied embeddings no output.weight is written and llama.cpp reads token_embd.
 
-llama-cpp-python is optional (`make peers` builds it); everything but `llamacpp_system`
-works without it.
+Two ways to run it, both optional (`make peers` builds them):
+  * `llamacpp_system`: llama-cpp-python as a `timing.System`, timed by our own protocol;
+  * `llama_bench`: llama.cpp's own `llama-bench` binary, the number llama.cpp users quote
+    (pp128, then tg128 at a depth of 128 tokens), built from the llama.cpp vendored in the
+    pinned llama-cpp-python sdist.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import tempfile
 import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from workbench.timing import System
 
 QTYPES = ("F32", "Q8_0", "Q4_0")
 _EXPORT_VERSION = 1   # in the cached file name: bump when export_gguf's output changes
@@ -229,8 +236,6 @@ def llamacpp_system(gguf_path: str | os.PathLike, n_threads: int, n_ctx: int = 5
     product: on the embedded model (large activation outliers) the logits then differ from HF
     on the same dequantized weights by up to ~1 (Q8_0), against 0.02 for the F32 file.
     """
-    from workbench.bench import System
-
     llama_cpp = _import_llama_cpp()
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                           n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
@@ -261,3 +266,51 @@ def llamacpp_system(gguf_path: str | os.PathLike, n_threads: int, n_ctx: int = 5
     # modules Llama.__del__ needs (it raises TypeError then)
     weakref.finalize(system, llm.close)
     return system
+
+
+# ---------------------------------------------------------------- llama-bench
+
+LLAMA_BENCH_ENV = "WORKBENCH_LLAMA_BENCH"
+
+
+def llama_bench_path() -> Path | None:
+    """$WORKBENCH_LLAMA_BENCH, else the binary `make peers` builds, when it exists."""
+    env = os.environ.get(LLAMA_BENCH_ENV)
+    path = Path(env) if env else (Path(__file__).resolve().parent.parent / "build" / "peers"
+                                  / "llama.cpp" / "build" / "bin" / "llama-bench")
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def llama_bench(gguf_path: str | os.PathLike, threads: int, prompt_len: int = 128,
+                new_tokens: int = 128, repeats: int = 3) -> dict:
+    """llama-bench on one GGUF file at one thread count: {"prefill_tok_s", "decode_tok_s",
+    "decode_std", "model_bytes", "peak_rss_mb"}. Prefill is pp{prompt_len} from an empty
+    cache; decode is tg{new_tokens} after prompt_len tokens of context (-d), as our systems
+    decode after their prompt. Each test runs `repeats` times (llama-bench's mean)."""
+    binary = llama_bench_path()
+    if binary is None:
+        raise FileNotFoundError("llama-bench is not built: run `make peers` (or set "
+                                f"{LLAMA_BENCH_ENV} to a llama-bench binary)")
+    base = [str(binary), "-m", str(gguf_path), "-t", str(threads), "-r", str(repeats),
+            "-o", "json"]
+    rows, peak = [], 0.0
+    for args in (["-p", str(prompt_len), "-n", "0"],
+                 ["-p", "0", "-n", str(new_tokens), "-d", str(prompt_len)]):
+        # output to files, not pipes: wait4 (for the child's own peak RSS) must not race a
+        # child blocked on a full pipe
+        with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+            proc = subprocess.Popen(base + args, stdout=out_f, stderr=err_f, text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out_f.seek(0)
+            err_f.seek(0)
+            out, err = out_f.read(), err_f.read()
+        if proc.returncode:
+            raise RuntimeError(f"llama-bench failed ({proc.returncode}): {err[-2000:]}")
+        rows += json.loads(out)
+        peak = max(peak, usage.ru_maxrss / 1024)
+    pp = next(r for r in rows if r["n_prompt"] > 0)
+    tg = next(r for r in rows if r["n_gen"] > 0)
+    return {"prefill_tok_s": float(pp["avg_ts"]), "decode_tok_s": float(tg["avg_ts"]),
+            "decode_std": float(tg["stddev_ts"]), "model_bytes": int(tg["model_size"]),
+            "peak_rss_mb": peak}

@@ -8,7 +8,7 @@ plus dynamic per_tensor activations and "none" (weight-only W8A32).
 
 Every quantizer is symmetric absmax INT8: scale = absmax / 127, q = round(x * (127 / absmax))
 clipped to [-127, 127], rounding half to even, all in float32. This is exactly the arithmetic
-of `workbench.kernels.quantize_per_token_ref`, so a packed INT8 runtime reproduces the
+of `workbench.reference.quantize_per_token_ref`, so a packed INT8 runtime reproduces the
 fake-quant model bit for bit. Fake-quant keeps tensors in float32 (q * scale); the int8 values
 and their scales are kept beside them for packing.
 """
@@ -198,7 +198,8 @@ class QuantReport:
         return asdict(self)
 
 
-def _plan_names(plan) -> tuple[str, ...]:
+def plan_names(plan) -> tuple[str, ...]:
+    """The layer names a plan keeps in FP32: None, a QuantPlan, or an iterable of names."""
     if plan is None:
         return ()
     if hasattr(plan, "keep_fp32"):                 # a workbench.outliers.QuantPlan
@@ -254,7 +255,7 @@ def quantize_(model: nn.Module, config: QuantConfig = QuantConfig(), plan=None,
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
     start = time.perf_counter()
     linears = layer_linears(model)
-    keep = _plan_names(plan)
+    keep = plan_names(plan)
     unknown = [n for n in keep if n not in linears]
     if unknown:
         raise ValueError(f"plan names layers the model does not have: {unknown[:5]}; "

@@ -28,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench import llama
+from workbench import kernels, llama
 from workbench.arch import get_arch, layer_linears
-from workbench import kernels
 from workbench.kernels import SparseInt8Linear
 from workbench.llama import KVCache, check_count, check_ids, llama_dims, rms_norm
 from workbench.packing import FORMATS
-from workbench.quant import _plan_names
+from workbench.quant import plan_names
 
 LM_HEAD_MODES = ("int8", "fp32")
 ENGINES = ("native", "torch")
@@ -316,15 +315,21 @@ class PackedModel(nn.Module):
         return pd.DataFrame(rows)
 
     @property
-    def nbytes(self) -> int:
-        """Weight bytes held: every linear (packed or FP32), the embedding and the norms. An FP32
-        lm_head tied to the embedding shares its tensor and is counted once."""
+    def streamed_bytes(self) -> int:
+        """Weight bytes one decode step reads: every linear, the head and the norms, not the
+        embedding table it only indexes (a tied FP32 head reads that matrix as the head)."""
         linears = [m for b in self.layers for _, m in b.linears()]
         total = sum(_describe(m.inner if isinstance(m, FusedLinear) else m)["nbytes"] for m in linears)
         norms = self.final_norm.nbytes + sum(b.input_norm.nbytes + b.post_norm.nbytes
                                              for b in self.layers)
+        return total + norms + _describe(self.lm_head)["nbytes"]
+
+    @property
+    def nbytes(self) -> int:
+        """Weight bytes held: every linear (packed or FP32), the embedding and the norms. An FP32
+        lm_head tied to the embedding is the same matrix and is counted once."""
         shared = self.tied and isinstance(self.lm_head, Fp32Linear)
-        return total + norms + self.embed.nbytes + (0 if shared else _describe(self.lm_head)["nbytes"])
+        return self.streamed_bytes + (0 if shared else self.embed.nbytes)
 
     # ------------------------------------------------------------ forward
 
@@ -406,6 +411,27 @@ class PackedModel(nn.Module):
         return self._forward(cache, ids, cache.positions[:, None], all_logits=False)
 
     @torch.inference_mode()
+    def greedy_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """decode_step followed by argmax: the next token of each row (LongTensor [B]). The
+        native engine takes the argmax inside its C call, so no logits reach Python."""
+        if self.engine != "native":
+            return self.decode_step(tokens).argmax(-1)
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("greedy_step needs a prefill first")
+        ids = check_ids(tokens.reshape(-1, 1) if isinstance(tokens, torch.Tensor) else tokens,
+                        self.dims.vocab)
+        B = cache.keys.shape[1]
+        if ids.shape[0] != B:
+            raise ValueError(f"expected {B} tokens (one per row), got {ids.shape[0]}")
+        if cache.length >= cache.capacity:
+            raise RuntimeError(f"KV cache full: it holds {cache.capacity} tokens; pass a larger "
+                               "max_new_tokens to prefill")
+        nxt = torch.empty(B, dtype=torch.long)
+        self._native_forward(cache, ids, cache.positions[:, None], False, nxt)
+        return nxt
+
+    @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, eos_token_id=None,
                  pad_token_id: int | None = None, attention_mask=None,
@@ -430,11 +456,6 @@ class PackedModel(nn.Module):
         out[:, :T] = input_ids
         eos_t, finished = torch.tensor(eos, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
         token = _pick(logits, do_sample, temperature, top_k, gen)                    # [B]
-        fast = self.engine == "native" and not do_sample
-        if fast:
-            if not 0 <= pad < self.dims.vocab:
-                raise ValueError(f"pad_token_id must lie in [0, {self.dims.vocab}), got {pad}")
-            nxt = torch.empty(B, dtype=torch.long)
         for i in range(max_new_tokens):
             if eos:
                 token = token.masked_fill(finished, pad)
@@ -443,15 +464,8 @@ class PackedModel(nn.Module):
             if eos and bool(finished.all()):
                 return out[:, :T + i + 1]
             if i + 1 < max_new_tokens:
-                if fast:         # the engine's own argmax: no logits leave the C call
-                    cache = self._cache
-                    if cache.length >= cache.capacity:
-                        raise RuntimeError("KV cache full")
-                    self._native_forward(cache, token.reshape(B, 1), cache.positions[:, None],
-                                         False, nxt)
-                    token = nxt.clone()
-                else:
-                    token = _pick(self.decode_step(token), do_sample, temperature, top_k, gen)
+                token = (self.greedy_step(token) if not do_sample else
+                         _pick(self.decode_step(token), do_sample, temperature, top_k, gen))
         return out
 
     def extra_repr(self) -> str:
@@ -497,7 +511,7 @@ def pack(model: nn.Module, plan=None, lm_head: str = "int8", format: str = "auto
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     _check_source(model)
-    keep = set(_plan_names(plan))
+    keep = set(plan_names(plan))
     unknown = sorted(keep - set(layer_linears(model)))
     if unknown:
         raise ValueError(f"plan names layers the model does not have: {unknown[:5]}")
