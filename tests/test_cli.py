@@ -66,6 +66,42 @@ def test_prune_grid_caches_points_and_pruned_weights(checkpoint, tmp_path, capsy
     assert [r["ppl"] for r in again] == [r["ppl"] for r in rows]
 
 
+def test_cli_and_library_share_one_record_per_point(checkpoint, tmp_path, monkeypatch):
+    """A point computed by `prune` is read back, not recomputed, by the notebooks' library
+    call with the same settings (one key scheme), and the other way round."""
+    import workbench.sweep as sweep
+    from workbench import cache, data
+    from workbench.models import load_model
+    from workbench.pruning import PruneConfig
+
+    def args(sparsity):
+        return ["prune", "--model", str(checkpoint), "--methods", "magnitude", "--sparsities",
+                sparsity, "--tasks", "ppl,arith", "--quick", "--nsamples", "4", "--seqlen", "64",
+                "--name", "tiny", "--results", str(tmp_path / "results")]
+
+    assert cli.main(args("0.5")) == 0
+    rows = json.loads((tmp_path / "results" / "pruning" / "tiny-quick.json").read_text())["rows"]
+    base = load_model(str(checkpoint))
+    calib = data.calibration_set(base[1], "pydoc", nsamples=4, seqlen=64)
+    tasks = {t: cli.EVAL_TASKS[t][2] for t in ("ppl", "arith")}
+    store = cache.ResultCache()
+    n_records = len(store)
+    with monkeypatch.context() as patch:
+        for name in ("prune_", "evaluate_cached"):
+            patch.setattr(sweep, name, lambda *a, **k: pytest.fail("recomputed a CLI point"))
+        row = sweep.prune_point(str(checkpoint), PruneConfig(method="magnitude", sparsity=0.5),
+                                calib, tasks, store, base=base)
+    assert (row["ppl"], row["arith"]) == (rows[1]["ppl"], rows[1]["arith"])
+    assert row["arith_lo"] <= row["arith"] <= row["arith_hi"] and len(store) == n_records
+    # a point the library computed first is the CLI's too
+    sweep.prune_point(str(checkpoint), PruneConfig(method="magnitude", sparsity=0.7), calib,
+                      tasks, store, base=base)
+    n_records = len(store)
+    monkeypatch.setattr(sweep, "prune_", lambda *a, **k: pytest.fail("recomputed a library point"))
+    assert cli.main(args("0.7")) == 0
+    assert len(store) == n_records
+
+
 def test_prune_rejects_bad_grid(checkpoint, capsys):
     assert cli.main(["prune", "--model", str(checkpoint), "--methods", "obs"]) == 2
     assert "method" in capsys.readouterr().err

@@ -228,6 +228,22 @@ def test_arith_answers_are_correct_and_splits_disjoint(kind):
     assert all(isinstance(i.answer, int) and i.answer >= 1 for i in (*train, *test))
 
 
+@pytest.mark.parametrize("kind", ["one_step", "two_step"])
+def test_arith_dev_split_is_disjoint_from_train_test_and_the_shots(kind):
+    train, dev, test = (data.arith_task(kind, split, n=400) for split in ("train", "dev", "test"))
+    keys = {name: {_key(i) for i in task} for name, task in
+            (("train", train), ("dev", dev), ("test", test))}
+    assert not keys["dev"] & keys["train"] and not keys["dev"] & keys["test"]
+    assert not keys["train"] & keys["test"]
+    assert not {_key(s) for s in dev.fewshot} & keys["dev"]     # no answer shown in a shot
+    assert dev.fewshot == test.fewshot and dev.name == f"arith-{kind}-dev"
+    assert len({i.question for i in dev}) == 400
+    # every problem has exactly one split, and each split gets a share of them
+    for op in data._KINDS[kind]:
+        parts = [set(data._problems(op, s)) for s in ("train", "dev", "test")]
+        assert sum(map(len, parts)) == len(set().union(*parts)) and all(parts)
+
+
 def test_arith_one_step_is_balanced_over_operations():
     task = data.arith_task("one_step", "test", n=200)
     assert task.name == "arith-one_step-test"
@@ -259,7 +275,7 @@ def test_arith_fewshot_comes_from_train(kind):
     for shot in shots:
         symbols, operands = _key(shot)
         op = next(name for name in data._KINDS[kind] if data._OPS[name].symbols == symbols)
-        assert data._split_of(op, operands) == "train"
+        assert data._split_of(op, operands) in ("train", "dev")     # never a test problem
     assert not {s.question for s in shots} & {i.question for i in test}
     assert not {s.question for s in shots} & {i.question for i in train}
 

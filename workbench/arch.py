@@ -26,6 +26,7 @@ class ArchSpec:
     embed: str                        # token embedding
     final_norm: str
     lm_head: str = "lm_head"
+    backbone: str = "model"           # the decoder without its LM head: returns hidden states
 
 
 _LLAMA = ArchSpec(
@@ -64,6 +65,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         smooth_maps=(("norm_1", ("attn.Wqkv",)), ("norm_2", ("ffn.up_proj",))),
         embed="transformer.wte",
         final_norm="transformer.norm_f",
+        backbone="transformer",
     ),
 }
 
@@ -87,6 +89,16 @@ def get_arch(model_or_config) -> ArchSpec:
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks of a supported CausalLM."""
     return model.get_submodule(get_arch(model).layers)
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack under the LM head (Hugging Face's `model.model` for Llama): its
+    forward returns hidden states (last_hidden_state after the final norm), no logits."""
+    return model.get_submodule(get_arch(model).backbone)
+
+
+def lm_head(model: nn.Module) -> nn.Module:
+    return model.get_submodule(get_arch(model).lm_head)
 
 
 def layer_linears(model: nn.Module) -> dict[str, nn.Linear]:

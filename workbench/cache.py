@@ -10,6 +10,15 @@ leaves half an entry behind; an entry whose checksum does not match is discarded
 `CacheCorruptionWarning` and recomputed, never trusted.
 
 All hashes are full sha256 hex digests (64 characters).
+
+One key scheme for every computed point of the workbench (a score, a sweep row, a pruned or
+trained model), whichever entry point asks for it (CLI, notebook, sweep, recovery driver):
+
+    key = store.key({"step": <what is computed>, **settings}, model_fp=<input model>,
+                    data_fp=<input data>)
+
+and one mechanism, `get_or_compute` / `fetch` (record, whether it was cached); points that
+also have weights go through workbench.points.cached_model.
 """
 
 from __future__ import annotations
@@ -380,15 +389,26 @@ class ResultCache:
         refresh: bool = False,
     ) -> dict:
         """The cached record for these inputs, else compute(), store it and return it as stored."""
+        return self.fetch(config, compute, model_fp, data_fp, refresh)[0]
+
+    def fetch(
+        self,
+        config: Any,
+        compute: Callable[[], dict],
+        model_fp: str = "",
+        data_fp: str = "",
+        refresh: bool = False,
+    ) -> tuple[dict, bool]:
+        """(record, cached): get_or_compute, also saying whether the record was read back."""
         key = self.key(config, model_fp, data_fp)
         if not refresh:
             record = self.get(key)
             if record is not None:
-                return record
+                return record, True
         record = compute()
         self.put(key, record)
         # Return what get() would return next time (tuples as lists, numpy as Python numbers).
-        return to_jsonable(record)
+        return to_jsonable(record), False
 
     def _entries(self) -> list[Path]:
         return sorted(self.root.glob("??/*.json"))

@@ -4,6 +4,8 @@
     <checkpoint_dir>/step-NNNNNN/trainer.pt          torch.save of the loop state: step, losses,
                                                      optimizer, scheduler, data order, RNG, config
     <checkpoint_dir>/latest.json                     {"dir": "step-NNNNNN", "step": N}
+    <checkpoint_dir>/best-NNNNNN.safetensors         weights at the best dev evaluation so far
+                                                     (early stopping), named in trainer.pt
 
 A step directory is written under a temporary name and renamed into place; then latest.json is
 replaced atomically (workbench.cache.write_json_atomic), and only then are older steps removed.
@@ -13,6 +15,7 @@ A crash at any moment leaves latest.json pointing at a whole checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +26,78 @@ from torch import nn
 from workbench.cache import write_json_atomic
 
 RESUME_KEYS = ("resume", "checkpoint_dir", "checkpoint_every")   # may change between calls
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """safetensors of the model (tied weights stored once), written beside path and renamed
+    into it: path holds either its old content or all of the new weights."""
+    from safetensors.torch import save_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_model(model, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_weights(model: nn.Module, path: str | Path) -> bool:
+    """Load path into model (strict); False when the file is missing or does not fit the
+    model (damaged, another architecture): the caller recomputes, never trusts it."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        device = next(model.parameters()).device
+        load_model(model, str(path), strict=True, device=str(device))
+    except Exception:
+        return False
+    return True
+
+
+def best_weights_path(root: str | Path, step: int) -> Path:
+    return Path(root) / f"best-{step:06d}.safetensors"
+
+
+def drop_stale_best(root: str | Path, keep: Path | None) -> None:
+    """Remove best-*.safetensors files other than keep (the one the latest checkpoint names)."""
+    for old in Path(root).glob("best-*.safetensors"):
+        if keep is None or old.name != Path(keep).name:
+            old.unlink(missing_ok=True)
+
+
+class BestWeights:
+    """The weights of the best dev evaluation of a run (early stopping): a file beside the
+    checkpoints when the run has a checkpoint_dir (so a resumed run still has them), else a
+    copy in memory."""
+
+    def __init__(self, root: str | Path | None):
+        self.root, self.state, self.path = root, None, None
+
+    def save(self, model: nn.Module, step: int) -> None:
+        if self.root:
+            self.path = save_weights(model, best_weights_path(self.root, step))
+        else:       # tied tensors are one tensor: clone each storage once
+            seen: dict[int, torch.Tensor] = {}
+            for v in model.state_dict().values():
+                if v.data_ptr() not in seen:
+                    seen[v.data_ptr()] = v.detach().clone()
+            self.state = {k: seen[v.data_ptr()] for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> None:
+        if self.path is not None:
+            if not load_weights(model, self.path):
+                raise RuntimeError(f"best weights {self.path} could not be loaded")
+        elif self.state is not None:
+            model.load_state_dict(self.state)
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

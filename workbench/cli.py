@@ -1,10 +1,11 @@
 """`python -m workbench ...`: scripted runs of the workbench steps.
 
     python -m workbench eval --model smollm2-135m --tasks ppl,arith [--quick]
-    python -m workbench distill --sparsities 0.5,0.7 [--steps N] [--quick]
+    python -m workbench distill [--size reproduce|full|experiments] [--quick] [--steps N]
 
 eval prints a table and writes results/eval/<model>[-quick].{json,md}; distill writes
-results/distill/<model>[-quick].{md,json,csv} and the training curves in <...>-losses.csv.
+results/distill/<model>[-quick].{md,json,csv} and its training curves, dev curves, W8A8
+comparison and seed summary in <...>-{losses,dev,w8a8,summary}.*.
 Every result goes through the content-hashed cache, so a re-run with the same model and
 settings is instant.
 """
@@ -62,6 +63,7 @@ def _check_tasks(spec: str) -> list[str]:
 def _evaluate(store, model, tokenizer, model_fp: str, tasks: list[str], quick: bool,
               refresh: bool) -> tuple[list[dict], dict]:
     """(table rows, records) for each task; each task result is cached on its own."""
+    from workbench.stats import wilson_interval
     from workbench.sweep import evaluate_cached
 
     rows, records = [], {}
@@ -70,8 +72,11 @@ def _evaluate(store, model, tokenizer, model_fp: str, tasks: list[str], quick: b
         record, cached = evaluate_cached(store, model, tokenizer, model_fp, task,
                                          fast if quick else full, refresh=refresh)
         records[task] = record
+        lo = hi = None
+        if record["metric"] == "accuracy":      # 95% Wilson interval
+            lo, hi = wilson_interval(record["detail"]["correct"], record["detail"]["n"])
         rows.append({"task": task, "description": desc, "metric": record["metric"],
-                     "value": record["value"],
+                     "value": record["value"], "acc_lo": lo, "acc_hi": hi,
                      "n": record["detail"].get("n", record["detail"].get("n_tokens")),
                      "cached": cached})
     return rows, records
@@ -102,15 +107,17 @@ def cmd_eval(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    """Grid of pruning configs; each point: load, prune, evaluate; cached per point."""
+    """Grid of pruning configs; each point: load, prune, evaluate. Every row is the sweep's
+    own cached point (sweep.prune_point), so a notebook asking for it reads this run's."""
     import pandas as pd
 
     from workbench import cache, data, load_model
     from workbench.pruning import PruneConfig
-    from workbench.sweep import pruned_model
+    from workbench.sweep import prune_point
 
     tasks = _check_tasks(args.tasks)
     quick = quick_mode(args.quick)
+    settings = {t: EVAL_TASKS[t][2 if quick else 1] for t in tasks}
     nsamples = min(args.nsamples, 16) if quick else args.nsamples
     grid = []
     for method in args.methods.split(","):
@@ -124,39 +131,20 @@ def cmd_prune(args) -> int:
                     raise UsageError(str(err)) from None
     store = cache.ResultCache()
     base = load_model(args.model)
-    base_fp = cache.fingerprint_model(base[0])
     calib = data.calibration_set(base[1], "pydoc", nsamples=nsamples, seqlen=args.seqlen)
-    calib_fp = cache.fingerprint_data(calib)
-    _, dense = _evaluate(store, base[0], base[1], base_fp, tasks, quick, args.refresh)
-    rows = [{"method": "dense", "structure": "-", "sparsity": 0.0, "prune_s": 0.0,
-             "mean_rel_error": None, **{t: m["value"] for t, m in dense.items()}}]
-    print(pd.DataFrame(rows).to_string(index=False))
-    for config in grid:
-        settings = {"step": "prune", "prune": config.to_dict(), "tasks": tasks, "quick": quick}
-        key = store.key(settings, model_fp=base_fp, data_fp=calib_fp)
-        record = None if args.refresh else store.get(key)
-        if record is None:
-            model, tokenizer, summary = pruned_model(args.model, config, calib, store, base=base)
-            pruned_fp = cache.fingerprint_model(model)
-            _, metrics = _evaluate(store, model, tokenizer, pruned_fp, tasks, quick, args.refresh)
-            errors = [r["rel_error"] for r in summary.get("layers", []) if r["rel_error"] is not None]
-            record = {"prune": {k: v for k, v in summary.items() if k != "layers"},
-                      "model_fingerprint": pruned_fp,
-                      "mean_rel_error": sum(errors) / len(errors) if errors else None,
-                      "metrics": {t: m["value"] for t, m in metrics.items()}}
-            store.put(key, record)
-        rows.append({"method": config.method, "structure": config.structure,
-                     "sparsity": record["prune"]["sparsity"], "prune_s": record["prune"]["seconds"],
-                     "mean_rel_error": record["mean_rel_error"], **record["metrics"]})
-        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=False))
+    rows = []
+    for config in [None, *grid]:
+        rows.append(prune_point(args.model, config, calib, settings, store, base=base))
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     frame = pd.DataFrame(rows)
     out_dir = Path(args.results) / "pruning"
     stem = _stem(args, quick)
     cache.write_text_atomic(out_dir / f"{stem}.csv", frame.to_csv(index=False))
     cache.write_text_atomic(out_dir / f"{stem}.md", frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     cache.write_json_atomic(out_dir / f"{stem}.json", {
-        "model": args.model, "base_fingerprint": base_fp, "calib_fingerprint": calib_fp,
-        "nsamples": nsamples, "seqlen": args.seqlen, "rows": rows, "provenance": cache.provenance()})
+        "model": args.model, "base_fingerprint": cache.fingerprint_model(base[0]),
+        "calib_fingerprint": cache.fingerprint_data(calib), "nsamples": nsamples,
+        "seqlen": args.seqlen, "tasks": settings, "rows": rows, "provenance": cache.provenance()})
     print(f"wrote {out_dir / stem}.{{csv,md,json}}")
     return 0
 
@@ -244,31 +232,40 @@ def cmd_outliers(args) -> int:
     return 0
 
 
+RECOVERY_SIZES = ("quick", "reproduce", "full", "experiments")
+
+
 def _recovery_config(args, quick: bool):
-    """RecoveryConfig from the distill arguments: the full or quick defaults, then whatever
-    was given on the command line. Raises UsageError before anything is loaded."""
+    """RecoveryConfig from the distill arguments: the size's classmethod (quick with --quick or
+    WORKBENCH_QUICK=1), then whatever was given on the command line. Raises UsageError before
+    anything is loaded."""
     import dataclasses
 
     from workbench.recovery import RecoveryConfig
 
-    base = RecoveryConfig.quick() if quick else RecoveryConfig()
+    size = "quick" if quick else args.size
+    base = {"quick": RecoveryConfig.quick, "reproduce": RecoveryConfig.reproduce,
+            "full": RecoveryConfig, "experiments": RecoveryConfig.experiments}[size]()
 
     def schedule(config, steps, lr):
         changes = {"steps": steps, "warmup": steps // 10} if steps is not None else {}
-        given = {"lr": lr, "batch_size": args.batch_size, "seed": args.seed}
+        given = {"lr": lr, "batch_size": args.batch_size}
         return dataclasses.replace(config, **changes, **{k: v for k, v in given.items() if v is not None})
 
     given = {"train_n": args.train_n, "nsamples": args.nsamples, "calib_seqlen": args.seqlen,
-             "eval_n": args.eval_n}
+             "eval_n": args.eval_n, "dev_n": args.dev_n}
     if args.max_windows is not None:
         given["ppl_max_windows"] = args.max_windows or None     # 0: the whole eval split
     try:
-        sparsities = tuple(float(x) for x in args.sparsities.split(",") if x.strip())
+        if args.sparsities is not None:
+            given["sparsities"] = tuple(float(x) for x in args.sparsities.split(",") if x.strip())
     except ValueError:
         raise UsageError(f"--sparsities must be a comma list of numbers, got {args.sparsities!r}") from None
+    if args.seeds is not None:
+        given["seeds"] = tuple(_int_list(args.seeds, "--seeds", low=0))
     try:
         return dataclasses.replace(
-            base, sparsities=sparsities, sft=schedule(base.sft, args.sft_steps, args.sft_lr),
+            base, sft=schedule(base.sft, args.sft_steps, args.sft_lr),
             train=schedule(base.train, args.steps, args.lr),
             **{k: v for k, v in given.items() if v is not None})
     except ValueError as err:
@@ -286,17 +283,19 @@ def distill_config(argv: str | list[str] = ()):
 
 
 def cmd_distill(args) -> int:
-    """SFT teacher, SparseGPT one-shot, then CE vs SquareHead+CE recovery at each sparsity."""
+    """SFT teacher, SparseGPT one-shot, CE vs SquareHead+CE recovery to a dev plateau at each
+    sparsity, then W8A8 + pack, scored on the packed model (workbench.recovery)."""
     import pandas as pd
 
-    from workbench import cache, load_model
+    from workbench import load_model
     from workbench.recovery import run_recovery
 
     quick = quick_mode(args.quick)
     config = _recovery_config(args, quick)
     model, tok = load_model(args.model)
-    print(f"model: {args.model}  quick: {quick}  sparsities: {list(config.sparsities)}  "
-          f"SFT steps: {config.sft.steps}  recovery steps: {config.train.steps}")
+    print(f"model: {args.model}  size: {'quick' if quick else args.size}  sparsities: "
+          f"{list(config.sparsities)}  seeds: {list(config.seeds)}  step caps: SFT "
+          f"{config.sft.steps}, recovery {config.train.steps}")
     shown = []
 
     def show(row):
@@ -308,20 +307,20 @@ def cmd_distill(args) -> int:
     out_dir = Path(args.results) / "distill"
     stem = _stem(args, quick)
     _write_frame(result.table, out_dir, stem, {
-        "model": args.model, "quick": quick, **result.meta,
-        "weights": {k: str(v) for k, v in result.weights.items()}, "computed": result.computed})
-    cache.write_text_atomic(out_dir / f"{stem}-losses.csv", result.losses.to_csv(index=False))
-    print(f"wrote {out_dir / stem}-losses.csv")
+        "model": args.model, "quick": quick, **result.meta, "weights": result.weights,
+        "computed": result.computed})
+    for part in ("losses", "dev", "w8a8", "summary"):
+        _write_frame(getattr(result, part), out_dir, f"{stem}-{part}", {"model": args.model})
     return 0
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def _int_list(text: str, what: str, low: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"{what} must be a comma list of integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UsageError(f"{what} must be positive integers, got {text!r}")
+    if not values or min(values) < low:
+        raise UsageError(f"{what} must be integers >= {low}, got {text!r}")
     return values
 
 
@@ -412,7 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     pr.add_argument("--seqlen", type=int, default=512)
     pr.add_argument("--quick", action="store_true")
-    pr.add_argument("--refresh", action="store_true")
     pr.add_argument("--name", default=None, help="stem of the written table")
     pr.add_argument("--results", default="results")
     pr.set_defaults(func=cmd_prune)
@@ -441,16 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
     ou.add_argument("--name", default=None)
     ou.add_argument("--results", default="results")
     ou.set_defaults(func=cmd_outliers)
-    di = sub.add_parser("distill", help="SFT teacher, SparseGPT, CE vs SquareHead+CE recovery")
+    di = sub.add_parser("distill", help="SFT teacher, SparseGPT, CE vs SquareHead+CE recovery, "
+                                         "W8A8 + pack, scored on the packed model")
     di.add_argument("--model", default="smollm2-135m")
-    di.add_argument("--sparsities", default="0.5,0.7", help="comma list of SparseGPT sparsities")
-    di.add_argument("--steps", type=int, default=None, help="recovery steps (each method)")
+    di.add_argument("--size", default="reproduce", choices=RECOVERY_SIZES,
+                    help="RecoveryConfig.quick / reproduce / the full defaults / experiments (3 seeds)")
+    di.add_argument("--sparsities", default=None, help="comma list of SparseGPT sparsities")
+    di.add_argument("--steps", type=int, default=None, help="recovery step cap (each method)")
     di.add_argument("--lr", type=float, default=None, help="recovery learning rate")
-    di.add_argument("--sft-steps", type=int, default=None, help="teacher SFT steps")
+    di.add_argument("--sft-steps", type=int, default=None, help="teacher SFT step cap")
     di.add_argument("--sft-lr", type=float, default=None)
     di.add_argument("--batch-size", type=int, default=None, help="SFT and recovery batch")
-    di.add_argument("--seed", type=int, default=None, help="SFT and recovery seed")
+    di.add_argument("--seeds", default=None, help="comma list: data-order seeds of SFT and recovery")
     di.add_argument("--train-n", type=int, default=None, help="arith one-step train examples")
+    di.add_argument("--dev-n", type=int, default=None, help="arith one-step dev items")
     di.add_argument("--nsamples", type=int, default=None, help="calibration windows")
     di.add_argument("--seqlen", type=int, default=None, help="calibration window length")
     di.add_argument("--eval-n", type=int, default=None, help="arith one-step test items")

@@ -8,7 +8,7 @@ Corpora (`perplexity_corpus`), each cut into a "calib" head and an "eval" tail t
 Calibration windows (`calibration_set`) are SparseGPT's random fixed-length token windows, made
 non-overlapping so no token is seen twice.
 Tasks: GSM8K (Cobbe et al. 2021, arXiv 2110.14168) and a generated GSM8K-style arithmetic task
-whose train and test splits share no arithmetic problem. Both are scored by exact match of the
+whose train, dev and test splits share no arithmetic problem (dev: early stopping). Both are scored by exact match of the
 number after "The answer is", the few-shot chain-of-thought format of Wei et al. 2022
 (arXiv 2201.11903).
 """
@@ -320,9 +320,9 @@ class Task(Sequence):
         return [{"task": self.name, "index": i, **asdict(item)} for i, item in enumerate(self.items)]
 
 
-def _check_split_n(split: str, n: int | None) -> None:
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+def _check_split_n(split: str, n: int | None, splits: tuple[str, ...] = ("train", "test")) -> None:
+    if split not in splits:
+        raise ValueError(f"split must be one of {', '.join(map(repr, splits))}, got {split!r}")
     if n is not None and n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
 
@@ -443,16 +443,23 @@ def _chain(symbols: tuple[str, ...], operands: tuple[int, ...]) -> list[tuple[in
 
 
 def _split_of(op: str, operands: tuple[int, ...]) -> str:
-    """A problem's split hangs on its arithmetic alone, never its wording: no train/test leak."""
+    """A problem's split hangs on its arithmetic alone, never its wording: no leak between
+    splits. A fifth of the problems is test, a fifth dev, the rest train."""
     digest = hashlib.sha256(":".join([op, *map(str, operands)]).encode()).hexdigest()
-    return "test" if int(digest, 16) % 5 == 0 else "train"
+    return {0: "test", 1: "dev"}.get(int(digest, 16) % 5, "train")
+
+
+# The few-shot pool draws from every non-test problem: it predates the dev split, and drawing
+# it from train and dev keeps every scored prompt (and cached score) what it was. Dev items
+# never use a few-shot example's problem.
+_POOLS = {"train": ("train",), "dev": ("dev",), "test": ("test",), "fewshot": ("train", "dev")}
 
 
 @cache
 def _problems(op: str, split: str) -> tuple[tuple[int, ...], ...]:
     spec = _OPS[op]
     return tuple(p for p in spec.operands()
-                 if _chain(spec.symbols, p) is not None and _split_of(op, p) == split)
+                 if _chain(spec.symbols, p) is not None and _split_of(op, p) in _POOLS[split])
 
 
 def _wordings(op: str) -> int:
@@ -475,32 +482,38 @@ def _make_item(op: str, operands: tuple[int, ...], kind: str, rng: random.Random
                     op if kind == "one_step" else kind)
 
 
-def _generate(kind: str, split: str, n: int, rng: random.Random,
-              exclude: frozenset[str] = frozenset()) -> list[TaskItem]:
+def _draw(kind: str, split: str, n: int, rng: random.Random, exclude: frozenset[str] = frozenset(),
+          avoid: frozenset = frozenset()) -> list[tuple[str, tuple[int, ...], TaskItem]]:
+    """n distinct (op, operands, item) of a split, none with a question in exclude or an
+    (op, operands) problem in avoid."""
     ops = _KINDS[kind]
-    most = len(ops) * (min(len(_problems(op, split)) * _wordings(op) for op in ops) - len(exclude))
+    pools = {op: tuple(p for p in _problems(op, split) if (op, p) not in avoid) for op in ops}
+    most = len(ops) * (min(len(pools[op]) * _wordings(op) for op in ops) - len(exclude))
     if n > most:
         raise ValueError(f"arith {kind!r} {split!r} can supply at most {most} distinct questions, not {n}")
-    items: list[TaskItem] = []
+    out: list[tuple[str, tuple[int, ...], TaskItem]] = []
     seen = set(exclude)
-    while len(items) < n:
-        op = ops[len(items) % len(ops)]     # round robin: operations stay balanced
-        item = _make_item(op, rng.choice(_problems(op, split)), kind, rng)
+    while len(out) < n:
+        op = ops[len(out) % len(ops)]       # round robin: operations stay balanced
+        operands = rng.choice(pools[op])
+        item = _make_item(op, operands, kind, rng)
         if item.question not in seen:
             seen.add(item.question)
-            items.append(item)
-    return items
+            out.append((op, operands, item))
+    return out
 
 
 def arith_task(kind: str = "one_step", split: str = "test", n: int = 200, seed: int = 0) -> Task:
     """A generated GSM8K-style word-problem task. kind "one_step" (add, subtract, multiply,
-    divide) or "two_step" (chains of two). A problem's split is fixed by a hash of its arithmetic,
-    so train and test never share one, whatever n and seed."""
+    divide) or "two_step" (chains of two). split "train", "dev" or "test": a problem's split is
+    fixed by a hash of its arithmetic, so no two splits share one, whatever n and seed."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
-    _check_split_n(split, n)
+    _check_split_n(split, n, ("train", "dev", "test"))
     # String seeds hash with SHA-512 inside random: stable across runs and PYTHONHASHSEED.
-    fewshot = tuple(_generate(kind, "train", FEWSHOT, random.Random(f"arith:{kind}:fewshot:1234")))
+    shots = _draw(kind, "fewshot", FEWSHOT, random.Random(f"arith:{kind}:fewshot:1234"))
+    fewshot = tuple(item for _, _, item in shots)
     exclude = frozenset(f.question for f in fewshot) if split == "train" else frozenset()
-    items = _generate(kind, split, n, random.Random(f"arith:{kind}:{split}:{seed}"), exclude)
-    return Task(f"arith-{kind}-{split}", tuple(items), fewshot)
+    avoid = frozenset((op, p) for op, p, _ in shots) if split == "dev" else frozenset()
+    drawn = _draw(kind, split, n, random.Random(f"arith:{kind}:{split}:{seed}"), exclude, avoid)
+    return Task(f"arith-{kind}-{split}", tuple(item for _, _, item in drawn), fewshot)

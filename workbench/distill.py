@@ -10,8 +10,12 @@ over the non-padding tokens and all features of every decoder-block output l. Th
 outputs are `hidden_states[1:]` of the Hugging Face forward; by its convention the last one is
 taken after the final norm. Normalising by the teacher's energy puts every layer on the same
 scale whatever its magnitude. KD (Hinton et al. 2015, arXiv 1503.02531) is scaled by T² so its
-gradients keep their size across temperatures. All three components are logged every step;
-only those with a weight > 0 carry gradients. The teacher is frozen: eval mode, no_grad.
+gradients keep their size across temperatures. Only components with a weight > 0 carry
+gradients. With outputs="all" (the reference path) all three are computed and logged every
+step; with "needed" a component is computed only when weighted or free: CE is always logged
+(the LM head at the answer positions costs little), SquareHead only when the teacher runs
+anyway, KD only when weighted; the teacher runs without its LM head unless KD is on, and not
+at all when no weighted loss reads it. The teacher is frozen: eval mode, no_grad.
 
     report = distill_(student, teacher, data.arith_task("one_step", "train", n=2000),
                       DistillConfig(squarehead=1.0, ce=1.0, steps=500), tokenizer=tokenizer)
@@ -27,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.arch import get_arch
-from workbench.finetune import as_examples, causal_lm_loss
-from workbench.training import TrainConfig, TrainReport, check_number, train_loop
+from workbench.data import Task
+from workbench.finetune import as_examples, dev_evaluator, lm_forward, lm_loss
+from workbench.training import TrainConfig, TrainReport, autocast, check_number, train_loop
 
 LOSSES = ("squarehead", "ce", "kd")
 _SAME = ("num_hidden_layers", "hidden_size", "vocab_size")   # teacher and student must agree
@@ -110,46 +115,54 @@ def check_pair(student: nn.Module, teacher: nn.Module) -> None:
 
 
 def distill_(student: nn.Module, teacher: nn.Module, data, config: DistillConfig | None = None,
-             *, tokenizer=None) -> DistillReport:
+             *, tokenizer=None, dev: Task | None = None) -> DistillReport:
     """Distill teacher into student in place with SquareHead (+ CE, KD); the student's pruned
     decoder weights stay exactly zero. data: an arith Task (needs tokenizer), a LongTensor of
-    token ids [N, T], or a list of workbench.training.Example."""
+    token ids [N, T], or a list of workbench.training.Example. dev: the Task of the dev
+    evaluations (early stopping, see training.py)."""
     config = config or DistillConfig()
     check_pair(student, teacher)
     examples = as_examples(data, tokenizer, config.seqlen)
+    evaluator = dev_evaluator(tokenizer, dev, config.dev_fewshot) if dev is not None else None
     weights = {name: getattr(config, name) for name in LOSSES}
+    every = config.outputs == "all"
+    full_logits = every or weights["kd"] > 0                    # KD reads every position
+    run_teacher = every or weights["squarehead"] > 0 or weights["kd"] > 0
     teacher_device = next(teacher.parameters()).device
 
     def loss_fn(student, batch):
         mask = batch["attention_mask"]
-        with torch.no_grad():
-            t = teacher(input_ids=batch["input_ids"].to(teacher_device),
-                        attention_mask=mask.to(teacher_device),
-                        output_hidden_states=True, use_cache=False)
-        s = student(input_ids=batch["input_ids"], attention_mask=mask,
-                    output_hidden_states=True, use_cache=False)
-        device = s.logits.device
-        compute = {
-            "squarehead": lambda: squarehead_loss(
-                s.hidden_states[1:], [h.to(device) for h in t.hidden_states[1:]], mask, config.eps),
-            "ce": lambda: causal_lm_loss(s.logits, batch["labels"]),
-            "kd": lambda: kd_loss(s.logits, t.logits.to(device), mask, config.temperature),
-        }
-        total, parts = torch.zeros((), device=device), {}
-        for name, fn in compute.items():
+        t = None
+        if run_teacher:
+            teacher_precision = "fp32" if config.precision == "fp32" else "bf16"
+            with torch.no_grad(), autocast(teacher_precision, teacher_device):
+                t = lm_forward(teacher, {k: v.to(teacher_device) for k, v in batch.items()},
+                               hidden_states=True, logits=full_logits)
+        s = lm_forward(student, batch, hidden_states=t is not None, logits=full_logits)
+        compute = {"ce": lambda: lm_loss(student, s, batch["labels"])}
+        if t is not None:
+            compute["squarehead"] = lambda: squarehead_loss(
+                s.hidden, [h.to(mask.device) for h in t.hidden], mask, config.eps)
+        if full_logits:
+            compute["kd"] = lambda: kd_loss(s.logits, t.logits.to(mask.device), mask,
+                                            config.temperature)
+        total, parts = torch.zeros((), device=mask.device), {}
+        for name in LOSSES:
+            if name not in compute:
+                continue
             if weights[name] > 0:
-                value = fn()
+                value = compute[name]()
                 total = total + weights[name] * value
             else:                                   # logged only: keep it out of the graph
                 with torch.no_grad():
-                    value = fn()
+                    value = compute[name]()
             parts[name] = value.item()
         return total, parts
 
     was_training = teacher.training
     teacher.eval()
     try:
-        return train_loop(student, examples, config, loss_fn, desc="squarehead",
-                          report_cls=DistillReport)
+        return train_loop(student, examples, config, loss_fn, evaluator=evaluator,
+                          desc="squarehead", report_cls=DistillReport)
     finally:
         teacher.train(was_training)

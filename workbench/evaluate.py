@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.data import Corpus, Task, answer_from_text, token_stream
+from workbench.packed_lm import as_causal_lm, model_device
 
 # ---------------------------------------------------------------- perplexity
 
@@ -72,7 +73,8 @@ def perplexity(model, tokenizer, corpus, seqlen: int = 512, max_windows: int | N
     if max_windows is not None:
         n_windows = min(n_windows, max_windows)
     windows = ids[: n_windows * seqlen].view(n_windows, seqlen)        # [W, L]
-    device = next(model.parameters()).device
+    model = as_causal_lm(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -179,9 +181,10 @@ def task_accuracy(model, tokenizer, task: Task, fewshot: int = 3, batch_size: in
     )
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    model = as_causal_lm(model)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     completions: dict[int, str] = {}
     start = time.perf_counter()
     try:

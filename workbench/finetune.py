@@ -10,8 +10,14 @@ Data, turned into `Example`s by `as_examples`:
   LongTensor    token ids [N, T]: rows longer than seqlen are cut into windows of seqlen
                 tokens (remainder dropped); the LM loss is taken on every token.
 
+With `dev=` (a Task) and `eval_every`, training stops on a dev plateau and keeps the best
+weights (training.py). Losses are computed by the functions here, on `lm_forward`'s outputs:
+with outputs="needed" the LM head runs only at the positions that predict a labelled token
+(`causal_lm_loss_at`, the same mean cross-entropy as `causal_lm_loss` on full logits).
+
     report = finetune_(model, data.arith_task("one_step", "train", n=2000),
-                       SFTConfig(lr=1e-4, steps=500), tokenizer=tokenizer)
+                       SFTConfig(lr=1e-4, steps=500, eval_every=25, patience=4),
+                       tokenizer=tokenizer, dev=data.arith_task("one_step", "dev", n=64))
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.arch import backbone, lm_head
 from workbench.data import Task, check_calib
-from workbench.evaluate import build_prompt
+from workbench.evaluate import build_prompt, task_accuracy
 from workbench.training import IGNORE, Example, TrainConfig, TrainReport, train_loop
 
 __all__ = ["SFTConfig", "TrainReport", "Example", "chat_examples", "window_examples",
-           "as_examples", "causal_lm_loss", "finetune_"]
+           "as_examples", "causal_lm_loss", "causal_lm_loss_at", "LMOutputs", "lm_forward",
+           "lm_loss", "dev_evaluator", "finetune_"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,7 @@ def as_examples(data, tokenizer=None, seqlen: int = 512) -> list[Example]:
     return examples
 
 
-# ---------------------------------------------------------------- loss and step
+# ---------------------------------------------------------------- losses
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled tokens: position t predicts labels[t + 1].
@@ -111,17 +119,70 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE)
 
 
+def causal_lm_loss_at(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """causal_lm_loss(head(hidden), labels) with the head applied only at the N positions that
+    predict a labelled token. hidden [B, T, H] (after the final norm), labels [B, T]."""
+    predicts = labels[:, 1:] != IGNORE                          # [B, T-1]
+    logits = head(hidden[:, :-1][predicts])                     # [N, V]
+    return F.cross_entropy(logits.float(), labels[:, 1:][predicts])
+
+
+@dataclass
+class LMOutputs:
+    """What one forward pass gave: block outputs (hidden_states[1:], each [B, T, H]; the last
+    after the final norm) when asked, and either the final hidden state [B, T, H] (backbone
+    only, no LM head) or the logits [B, T, V]."""
+    hidden: tuple[torch.Tensor, ...] | None
+    last: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+def lm_forward(model: nn.Module, batch: dict, *, hidden_states: bool = False,
+               logits: bool = False) -> LMOutputs:
+    """Run model on a collated batch; logits=False stops below the LM head."""
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_hidden_states=hidden_states, use_cache=False)
+    if logits:
+        out = model(**kwargs)
+        return LMOutputs(out.hidden_states[1:] if hidden_states else None, None, out.logits)
+    out = backbone(model)(**kwargs)
+    return LMOutputs(out.hidden_states[1:] if hidden_states else None, out.last_hidden_state, None)
+
+
+def lm_loss(model: nn.Module, out: LMOutputs, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled tokens, from whichever output out holds."""
+    if out.logits is not None:
+        return causal_lm_loss(out.logits, labels)
+    return causal_lm_loss_at(out.last, lm_head(model), labels)
+
+
+def dev_evaluator(tokenizer, dev: Task, fewshot: int):
+    """train_loop's evaluator: greedy exact-match accuracy on the dev task (batched)."""
+    if not isinstance(dev, Task):
+        raise TypeError(f"dev must be a workbench.data.Task, got {type(dev).__name__}")
+    if tokenizer is None:
+        raise ValueError("dev evaluation needs tokenizer=")
+
+    def evaluate(model: nn.Module) -> dict:
+        r = task_accuracy(model, tokenizer, dev, fewshot=fewshot)
+        return {"score": r.accuracy, "n": r.n, "correct": r.correct}
+
+    return evaluate
+
+
+# ---------------------------------------------------------------- the step
+
 def finetune_(model: nn.Module, data, config: SFTConfig | None = None, *,
-              tokenizer=None) -> TrainReport:
+              tokenizer=None, dev: Task | None = None) -> TrainReport:
     """Fine-tune model in place on the answer tokens of data (see module docstring);
-    pruned decoder weights, if any, stay zero."""
+    pruned decoder weights, if any, stay zero. dev: the Task of the dev evaluations."""
     config = config or SFTConfig()
     examples = as_examples(data, tokenizer, config.seqlen)
+    evaluator = dev_evaluator(tokenizer, dev, config.dev_fewshot) if dev is not None else None
 
     def loss_fn(model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits                  # [B, T, V]
-        ce = causal_lm_loss(logits, batch["labels"])
+        out = lm_forward(model, batch, logits=config.outputs == "all")
+        ce = lm_loss(model, out, batch["labels"])
         return ce, {"ce": ce.item()}
 
-    return train_loop(model, examples, config, loss_fn, desc="sft")
+    return train_loop(model, examples, config, loss_fn, evaluator=evaluator, desc="sft")

@@ -1,7 +1,8 @@
 """Bridge to the lm-evaluation-harness (lm-eval 0.4.x) for a live model.
 
 `lm_eval_tasks(model, tokenizer, ["wb_arith_one_step", "wb_gsm8k", ...])` wraps the model in
-`HFLM(pretrained=model, device="cpu")` (nothing is reloaded) and runs:
+`HFLM(pretrained=model, device="cpu")` (nothing is reloaded; a workbench PackedModel through
+its HF face, workbench.packed_lm) and runs:
 - the workbench's local tasks, whose data is written as JSONL at run time and whose YAMLs
   name those files by absolute path (lm-eval resolves `data_files` against the working
   directory): wb_arith_one_step / wb_arith_two_step (chat format, multi-turn few-shot) and
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workbench.hub import require_hub
+from workbench.packed_lm import as_causal_lm
 
 # answer-extraction shared by all local tasks: "... The answer is 24."
 _ANSWER_REGEX = r"answer is \$?\**(-?[0-9][0-9.,]*)"
@@ -120,6 +122,11 @@ def lm_eval_tasks(model, tokenizer, tasks, limit: int | float | None = None, bat
                     hint=f"Local tasks that work offline: {', '.join(LOCAL_TASKS)}.")
     result = HarnessResult(limit=limit, num_fewshot=num_fewshot)
     start = time.perf_counter()
+    # a packed model gets its HF face; its generate stops at the chat end-of-turn or EOS
+    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    model = as_causal_lm(model, eos_token_id=[t for t in eos if isinstance(t, int)
+                                              and t != tokenizer.unk_token_id],
+                         pad_token_id=tokenizer.pad_token_id)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="wb-lm-eval-", dir=workdir) as tmp:
         tmpdir = Path(tmp)

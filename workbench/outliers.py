@@ -281,14 +281,14 @@ def cached_layer_sensitivity(model: nn.Module, calib: Tensor, config=None,
     config = config or QuantConfig(activations="per_tensor")
     store = store or cache.ResultCache()
     model_fp = model_fp or cache.fingerprint_model(model)
-    key = store.key({"step": "layer-sensitivity", "quant": config.to_dict()}, model_fp=model_fp,
-                    data_fp=cache.fingerprint_data(calib))
-    record = store.get(key)
-    if record is None:
+
+    def compute() -> dict:
         result = measure_layer_sensitivity(model, calib,
                                            lambda lin: W8A8Linear.from_float(lin, config))
-        record = {"frame": result.frame.to_dict("records"), "baseline_loss": result.baseline_loss}
-        store.put(key, record)
+        return {"frame": result.frame.to_dict("records"), "baseline_loss": result.baseline_loss}
+
+    record = store.get_or_compute({"step": "layer-sensitivity", "quant": config.to_dict()},
+                                  compute, model_fp=model_fp, data_fp=cache.fingerprint_data(calib))
     # The cache stores records with sorted keys: restore the result's column order.
     frame = pd.DataFrame(record["frame"])[["name", "loss", "delta", "rank"]]
     return SensitivityResult(frame=frame, baseline_loss=record["baseline_loss"],

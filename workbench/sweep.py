@@ -15,7 +15,6 @@ CLI, a sweep or the recovery driver is never scored again with the same settings
 from __future__ import annotations
 
 import copy
-import io
 import weakref
 from dataclasses import dataclass, field
 
@@ -23,7 +22,9 @@ import torch
 
 from workbench import cache
 from workbench.models import load_model
+from workbench.points import Lazy, cached_model
 from workbench.pruning import PruneConfig, prune_
+from workbench.stats import add_intervals
 
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -41,44 +42,24 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     return seen[1]
 
 
-def _pruned_path(key: str):
-    return cache.cache_root() / "models" / "pruned" / f"{key}.safetensors"
-
-
 def pruned_model(model_name: str, config: PruneConfig | None, calib: torch.Tensor,
                  store: cache.ResultCache | None = None, base=None):
     """(model, tokenizer, summary) pruned by `config` (None or sparsity 0: the dense model).
 
-    The pruned weights are cached; summary holds the prune report without masks. base: an
-    already loaded (model, tokenizer) of `model_name` to copy instead of loading it again.
+    The pruned weights are a cached model point (workbench.points); summary holds the prune
+    report without masks. base: an already loaded (model, tokenizer) of `model_name` to copy
+    instead of loading it again (it is never modified).
     """
-    from safetensors.torch import load, save
-
     store = store or cache.ResultCache()
-    model, tok = (copy.deepcopy(base[0]), base[1]) if base else load_model(model_name)
+    model, tok = base if base else load_model(model_name)
     if config is None or (config.structure == "unstructured" and config.sparsity == 0):
-        return model, tok, {"sparsity": 0.0, "seconds": 0.0, "config": None}
-    base_fp = cache.fingerprint_model(model)
-    key = store.key({"step": "prune-weights", "prune": config.to_dict()}, model_fp=base_fp,
-                    data_fp=cache.fingerprint_data(calib))
-    path = _pruned_path(key)
-    summary = store.get(key)
-    if summary is not None and path.is_file():
-        try:
-            state = load(path.read_bytes())
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if not unexpected and all("lm_head" in m for m in missing):
-                return model, tok, summary
-        except Exception:   # a damaged weights file is recomputed, never trusted
-            pass
-        model, tok = (copy.deepcopy(base[0]), base[1]) if base else load_model(model_name)
-    report = prune_(model, calib, config)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    buf = io.BytesIO(save(state))
-    cache.write_bytes_atomic(path, buf.getvalue())
-    summary = report.to_dict()
-    store.put(key, summary)
-    return model, tok, summary
+        return (copy.deepcopy(model) if base else model), tok, {"sparsity": 0.0, "seconds": 0.0,
+                                                                "config": None}
+    pruned, summary, _ = cached_model(
+        store, "prune-weights", {"prune": config.to_dict()}, model,
+        lambda m, _: prune_(m, calib, config).to_dict(), model_fp=base_fingerprint(model),
+        data_fp=cache.fingerprint_data(calib), kind="pruned")
+    return pruned, tok, summary
 
 
 @dataclass(frozen=True)
@@ -116,15 +97,15 @@ def w8a8_table(model_name: str, calib: torch.Tensor, corpus, sparsities=(0.0, 0.
     rows = []
     for sparsity in sparsities:
         prune = PruneConfig(method=prune_method, sparsity=sparsity) if sparsity else None
-        model = profile = None
+        model = tok = profile = None
         for smoothing in ("fp32", *smoothings):
             for act in (("-",) if smoothing == "fp32" else activations):
                 point = {"step": "w8a8-ppl", "prune": prune.to_dict() if prune else None,
                          "smoothing": smoothing, "activations": act, "seqlen": seqlen,
                          "max_windows": max_windows, "profile_samples": profile_samples}
-                key = store.key(point, model_fp=base_fp, data_fp=data_fp)
-                record = store.get(key)
-                if record is None:
+
+                def compute(point=point, smoothing=smoothing, act=act, prune=prune):
+                    nonlocal model, tok, profile
                     if model is None:
                         model, tok, _ = pruned_model(model_name, prune, calib, store, base=base)
                     m = copy.deepcopy(model)
@@ -137,8 +118,9 @@ def w8a8_table(model_name: str, calib: torch.Tensor, corpus, sparsities=(0.0, 0.
                         static = act == "per_tensor_static"
                         quantize_(m, QuantConfig(activations=act), calib=calib[:profile_samples] if static else None)
                     res = perplexity(m, tok, corpus, seqlen=seqlen, max_windows=max_windows)
-                    record = {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
-                    store.put(key, record)
+                    return {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
+
+                record = store.get_or_compute(point, compute, model_fp=base_fp, data_fp=data_fp)
                 rows.append({"sparsity": sparsity, "smoothing": smoothing, "activations": act,
                              "perplexity": record["perplexity"]})
     return pd.DataFrame(rows)
@@ -167,7 +149,7 @@ def selective_w8a8_table(model_name: str, calib: torch.Tensor, corpus, order: li
     base_fp = cache.fingerprint_model(base[0])
     data_fp = cache.fingerprint_data([cache.fingerprint_data(calib), corpus.fingerprint])
     prune = PruneConfig(method=prune_method, sparsity=sparsity) if sparsity else None
-    model = profile = None
+    model = tok = profile = None
     rows = []
     for k in ks:
         point = {"step": "w8a8-ppl", "prune": prune.to_dict() if prune else None,
@@ -175,9 +157,9 @@ def selective_w8a8_table(model_name: str, calib: torch.Tensor, corpus, order: li
                  "max_windows": max_windows, "profile_samples": profile_samples}
         if k:   # absent for k = 0, so that point is w8a8_table's
             point["keep_fp32"] = list(order[:k])
-        key = store.key(point, model_fp=base_fp, data_fp=data_fp)
-        record = store.get(key)
-        if record is None:
+
+        def compute(point=point, k=k):
+            nonlocal model, tok, profile
             if model is None:
                 model, tok, _ = pruned_model(model_name, prune, calib, store, base=base)
             m = copy.deepcopy(model)
@@ -189,8 +171,9 @@ def selective_w8a8_table(model_name: str, calib: torch.Tensor, corpus, order: li
             quantize_(m, QuantConfig(activations=activations), plan=order[:k],
                       calib=calib[:profile_samples] if activations == "per_tensor_static" else None)
             res = perplexity(m, tok, corpus, seqlen=seqlen, max_windows=max_windows)
-            record = {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
-            store.put(key, record)
+            return {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
+
+        record = store.get_or_compute(point, compute, model_fp=base_fp, data_fp=data_fp)
         rows.append({"k": k, "label": label, "kept": ", ".join(order[:k]),
                      "perplexity": record["perplexity"]})
     return pd.DataFrame(rows)
@@ -216,25 +199,27 @@ def task_inputs(task: str, settings: dict):
 def evaluate_cached(store: cache.ResultCache, model, tokenizer, model_fp: str, task: str,
                     settings: dict, refresh: bool = False) -> tuple[dict, bool]:
     """(record, cached): the score of the model with fingerprint model_fp on task. The record
-    is {"metric", "value", "detail", "config", "data_fingerprint"}, keyed as the eval CLI's."""
+    is {"metric", "value", "detail", "config", "data_fingerprint"}; the CLI, the sweep and the
+    recovery driver all score through here. model may be a packed model (evaluate.*) or a
+    points.Lazy of one, built only if the score is not cached."""
     from workbench import evaluate
 
     config = {"step": "eval", "task": task, "settings": settings}
     inputs = task_inputs(task, settings)
-    key = store.key(config, model_fp=model_fp, data_fp=inputs.fingerprint)
-    record = None if refresh else store.get(key)
-    if record is not None:
-        return record, True
-    if task == "ppl":
-        r = evaluate.perplexity(model, tokenizer, inputs, seqlen=settings["seqlen"],
-                                max_windows=settings["max_windows"])
-        result = {"metric": "perplexity", "value": r.perplexity, "detail": r.to_dict()}
-    else:
-        r = evaluate.task_accuracy(model, tokenizer, inputs, fewshot=settings["fewshot"])
-        result = {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
-    record = {**result, "config": config, "data_fingerprint": inputs.fingerprint}
-    store.put(key, record)
-    return record, False
+
+    def compute() -> dict:
+        m = model.get() if isinstance(model, Lazy) else model
+        if task == "ppl":
+            r = evaluate.perplexity(m, tokenizer, inputs, seqlen=settings["seqlen"],
+                                    max_windows=settings["max_windows"])
+            result = {"metric": "perplexity", "value": r.perplexity, "detail": r.to_dict()}
+        else:
+            r = evaluate.task_accuracy(m, tokenizer, inputs, fewshot=settings["fewshot"])
+            result = {"metric": "accuracy", "value": r.accuracy, "detail": r.to_dict()}
+        return {**result, "config": config, "data_fingerprint": inputs.fingerprint}
+
+    return store.fetch(config, compute, model_fp=model_fp, data_fp=inputs.fingerprint,
+                       refresh=refresh)
 
 
 # ---------------------------------------------------------------- the sparsity sweep
@@ -312,7 +297,11 @@ def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor
                 store: cache.ResultCache | None = None, base=None, quant=None) -> dict:
     """One row of the sparsity sweep: prune (or read the cached weights), optionally W8A8
     fake-quantize (quant: a QuantConfig), score on every task of tasks ({task: settings}).
-    config None is the dense model. The whole row is cached, and so is each score."""
+    config None is the dense model. The whole row is cached, and so is each score; the
+    `prune` CLI asks for the same rows. Accuracy tasks get {task}_lo / {task}_hi: the 95%
+    Wilson interval over their settings["n"] items."""
+    import pandas as pd
+
     store = store or cache.ResultCache()
     base = base or load_model(model_name)
     base_fp = base_fingerprint(base[0])
@@ -320,23 +309,28 @@ def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor
     qdict = quant.to_dict() if quant is not None else None
     spec = {"step": "prune-sweep", "prune": config.to_dict() if config else None,
             "tasks": tasks, "quant": qdict}
-    key = store.key(spec, model_fp=base_fp, data_fp=calib_fp)
-    record = store.get(key)
-    if record is None:
+
+    def compute() -> dict:
         model, tok, summary = _scored_model(model_name, config, calib, store, base, quant)
         model_fp = cache.fingerprint_model(model)
         metrics = {task: evaluate_cached(store, model, tok, model_fp, task, settings)[0]["value"]
                    for task, settings in tasks.items()}
         errors = [r["rel_error"] for r in summary.get("layers", []) if r["rel_error"] is not None]
-        record = {"sparsity": summary["sparsity"], "prune_s": summary["seconds"],
-                  "mean_rel_error": sum(errors) / len(errors) if errors else None,
-                  "model_fingerprint": model_fp, "metrics": metrics}
-        store.put(key, record)
-    return {"method": config.method if config else "dense",
-            "structure": config.structure if config else "-",
-            "target": config.sparsity if config else 0.0, "sparsity": record["sparsity"],
-            "quant": "int8" if quant is not None else "fp32", **record["metrics"],
-            "prune_s": record["prune_s"], "mean_rel_error": record["mean_rel_error"]}
+        return {"sparsity": summary["sparsity"], "prune_s": summary["seconds"],
+                "mean_rel_error": sum(errors) / len(errors) if errors else None,
+                "model_fingerprint": model_fp, "metrics": metrics}
+
+    record = store.get_or_compute(spec, compute, model_fp=base_fp, data_fp=calib_fp)
+    row = {"method": config.method if config else "dense",
+           "structure": config.structure if config else "-",
+           "target": config.sparsity if config else 0.0, "sparsity": record["sparsity"],
+           "quant": "int8" if quant is not None else "fp32", **record["metrics"],
+           "prune_s": record["prune_s"], "mean_rel_error": record["mean_rel_error"]}
+    for task, settings in tasks.items():        # 95% Wilson interval of each accuracy
+        if task != "ppl":
+            frame = add_intervals(pd.DataFrame([row]), acc=task, n=settings["n"])
+            row[f"{task}_lo"], row[f"{task}_hi"] = frame[f"{task}_lo"][0], frame[f"{task}_hi"][0]
+    return row
 
 
 def prune_sweep(model_name: str, grid: list[PruneConfig], calib: torch.Tensor, tasks: dict,
@@ -370,11 +364,12 @@ def generation_sample(model_name: str, config: PruneConfig | None, calib: torch.
     base = base or load_model(model_name)
     spec = {"step": "sample", "prune": config.to_dict() if config else None, "prompt": prompt,
             "max_new_tokens": max_new_tokens, "quant": quant.to_dict() if quant else None}
-    key = store.key(spec, model_fp=base_fingerprint(base[0]), data_fp=cache.fingerprint_data(calib))
-    record = store.get(key)
-    if record is None:
-        if not compute:
-            return None
+    model_fp, data_fp = base_fingerprint(base[0]), cache.fingerprint_data(calib)
+    if not compute:
+        record = store.get(store.key(spec, model_fp=model_fp, data_fp=data_fp))
+        return None if record is None else record["completion"]
+
+    def generate() -> dict:
         model, tok, _ = _scored_model(model_name, config, calib, store, base, quant)
         text = tok.apply_chat_template([{"role": "user", "content": prompt}],
                                        add_generation_prompt=True, tokenize=False)
@@ -383,6 +378,6 @@ def generation_sample(model_name: str, config: PruneConfig | None, calib: torch.
             out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id, temperature=None, top_p=None,
                                  top_k=None)                                        # [1, L + new]
-        record = {**spec, "completion": tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)}
-        store.put(key, record)
-    return record["completion"]
+        return {**spec, "completion": tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)}
+
+    return store.get_or_compute(spec, generate, model_fp=model_fp, data_fp=data_fp)["completion"]
