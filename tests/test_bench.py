@@ -175,3 +175,11 @@ def test_packed_models_count_the_bytes_a_step_reads(tiny):
     assert fp32.streamed_bytes == fp32.nbytes                            # tied: read as the head
     held, streamed = bench._hf_bytes(model)
     assert held == sum(p.nbytes for p in model.parameters()) and streamed == fp32.streamed_bytes
+
+
+def test_hf_systems_run_the_protocol(tiny):
+    model = tiny[0]
+    system = bench.hf_system(model)
+    pre, dec = bench.tokens_per_sec(system, vocab=model.config.vocab_size, batch=1,
+                                    prompt_len=4, new_tokens=2, warmup=0, repeats=1)
+    assert pre > 0 and dec > 0 and system.streamed_bytes <= system.weight_bytes

@@ -89,7 +89,8 @@ def hf_system(model) -> System:
         state["past"] = out.past_key_values
         return out.logits[:, -1]
 
-    return System(prefill, decode_step, *_hf_bytes(model))
+    held, streamed = _hf_bytes(model)
+    return System(prefill, decode_step, held, streamed_bytes=streamed)
 
 
 def _hf_bytes(model) -> tuple[int, int]:
