@@ -11,35 +11,38 @@
 # ---
 
 # %% [markdown]
-# # 03 · Sparse fine-tuning: recovering what pruning lost
+# # 03 · Sparse fine-tuning: recovering what pruning lost, on the model that runs
 #
 # The experiment of Kurtic et al. 2023 (arXiv 2310.06927, section 4) on the embedded model:
 #
-# 1. fine-tune the dense model on the arithmetic task: the **teacher**;
+# 1. fine-tune the dense model on the arithmetic task until its dev accuracy stops improving:
+#    the **teacher**;
 # 2. prune the teacher one-shot with SparseGPT at each sparsity;
 # 3. train each pruned model with the mask frozen, once with cross-entropy alone (**CE**) and
 #    once with **SquareHead** distillation (per-layer normalized MSE to the teacher's hidden
-#    states) plus CE, same data, steps and seed;
-# 4. score everything on the untouched arith test split and on pydoc perplexity.
+#    states) plus CE: same data, step cap, dev-plateau rule and seed; keep the best dev step;
+# 4. smooth, quantize to W8A8 and pack for the runtime, and score the **packed** model (the
+#    one that runs fast) beside the FP32 one: arith test accuracy with its 95% Wilson
+#    interval, pydoc perplexity, decode speed-up over dense FP32, size.
 #
-# `workbench.recovery.run_recovery` runs it with every stage cached. `DISTILL_ARGS` are
-# `python -m workbench distill` arguments: this notebook builds the same `RecoveryConfig`, so
-# it reads back a CLI run made with them. The default is sized for `make reproduce` (45
-# minutes for every notebook on 2 cores): 20 SFT steps, 8 recovery steps per run, 16 arith test
-# items. The larger run in results/distill (30 SFT and 24 recovery steps, 100 items) is
-# `make experiments`; pass its arguments here to plot it. Quick mode ignores DISTILL_ARGS.
+# `workbench.recovery.run_recovery` runs it with every stage cached and every training run
+# resumable. `DISTILL_ARGS` are `python -m workbench distill` arguments: this notebook builds
+# the same `RecoveryConfig`, so it reads back a CLI run made with them. The default is the
+# `make reproduce` size (`RecoveryConfig.reproduce`); `make experiments` runs `--size
+# experiments` (all four sparsities, three seeds) through the CLI, and passing those arguments
+# here plots that run. Quick mode ignores DISTILL_ARGS.
 
 # %% tags=["parameters"]
 import os
 
 QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
 MODEL = "smollm2-135m"
-DISTILL_ARGS = "--sparsities 0.5,0.7 --sft-steps 20 --steps 8 --nsamples 8 --eval-n 16 --max-windows 4"
+DISTILL_ARGS = "--size reproduce"
 
 # %%
 import matplotlib.pyplot as plt
 
-from workbench import load_model, plots, tables
+from workbench import load_model, plots, stats, tables
 from workbench.cli import distill_config
 from workbench.recovery import run_recovery
 
@@ -52,59 +55,47 @@ print("computed now:", result.computed or "nothing (all cached)")
 result.table
 
 # %% [markdown]
-# ## Recovery against sparsity
-# Dashed lines: the dense base model and the fine-tuned dense teacher. At each sparsity: the
-# one-shot pruned teacher, then the two recovery runs from it.
+# ## Accuracy against sparsity, and the speed of the same models
+# Each point pools the seeds' test items, with its 95% Wilson interval. The last series is the
+# SquareHead + CE model after W8A8 and packing, scored through the runtime itself; the right
+# panel is the decode speed-up of those packed models over the dense FP32 model, measured in
+# the same run (batch 1).
 
 # %%
-table = result.table.copy()
-table["target"] = table["sparsity"].round(2)
-pruned = table[table["stage"].isin(["one-shot", "student"])]
-COLORS = {"sparsegpt": plots.method_color("sparsegpt"), "CE": plots.method_color("ce"),
-          "SquareHead+CE": plots.method_color("squarehead")}
-LABELS = {"sparsegpt": "one-shot SparseGPT", "CE": "CE", "SquareHead+CE": "SquareHead + CE"}
-fig, axes = plots.figure(columns=2, ncols=2)
-for ax, column, label in zip(axes, ("arith_acc", "ppl"), ("arith accuracy (1-step)", "perplexity (pydoc)"), strict=False):
-    for stage, style in (("base", ":"), ("teacher", "--")):
-        value = table.loc[table["stage"] == stage, column].iloc[0]
-        ax.axhline(value, color=plots.method_color("dense"), ls=style, lw=0.8,
-                   label="dense base" if stage == "base" else "dense teacher (SFT)")
-    for method, part in pruned.groupby("method", sort=False):
-        part = part.sort_values("target")
-        ax.plot(part["target"], part[column], marker="o", ms=3, color=COLORS[method],
-                label=LABELS[method])
-    ax.set_xlabel("sparsity")
-    ax.set_ylabel(label)
-axes[1].set_yscale("log")
-axes[0].legend()
+fig = plots.recovery_figure(result.table)
 plots.save_figure(fig, "recovery_vs_sparsity", config={"model": MODEL, **result.meta["config"]});
 
 # %% [markdown]
-# ## Training curves
-# Cross-entropy on the training batches at every optimizer step: the teacher's fine-tuning, and
-# each recovery run (for SquareHead + CE the plotted CE is one term of the loss it minimizes).
+# ## Which differences are real
+# Two accuracies whose 95% intervals overlap are reported as no difference.
 
 # %%
-losses = result.losses
-students = losses[losses["stage"] == "student"]
-fig, axes = plots.figure(columns=2, ncols=1 + students["sparsity"].nunique(), sharey=True)
-sft = losses[losses["stage"] == "teacher"]
-axes[0].plot(sft["step"], sft["ce"], color=plots.method_color("dense"))
-axes[0].set_title("teacher SFT")
-axes[0].set_ylabel("cross-entropy")
-for ax, (sparsity, part) in zip(axes[1:], students.groupby("sparsity"), strict=False):
-    for method, run in part.groupby("method", sort=False):
-        ax.plot(run["step"], run["ce"], color=COLORS[method], label=LABELS[method])
-    ax.set_title(f"{sparsity:.0%} sparse")
-for ax in axes:
-    ax.set_xlabel("step")
-axes[-1].legend()
+students = result.table[result.table["stage"] == "student"]
+for target, part in students.groupby("target"):
+    ce, sh = (part[part["method"] == m] for m in ("CE", "SquareHead+CE"))
+    a, b = (stats.wilson_interval(int(round((p["acc"] * p["n"]).sum())), int(p["n"].sum()))
+            for p in (ce, sh))
+    verdict = "no difference" if stats.overlap(a, b) else (
+        "SquareHead+CE higher" if b[0] > a[1] else "CE higher")
+    print(f"{target:.0%}: CE {a[0]:.2f}-{a[1]:.2f}, SquareHead+CE {b[0]:.2f}-{b[1]:.2f}: {verdict}")
+
+# %% [markdown]
+# ## Training to a plateau
+# Dev accuracy (a split disjoint from train and test) at every evaluation of each run; the
+# star marks the step whose weights the run keeps.
+
+# %%
+fig = plots.dev_curves_figure(result.dev)
 plots.save_figure(fig, "recovery_training_curves", config={"model": MODEL, **result.meta["config"]});
 
 # %%
-tables.save_table(result.table, "recovery", caption="Accuracy recovery after SparseGPT",
-                  label="tab:recovery", float_format=".3g", config=result.meta["config"]);
-table.pivot_table(index="target", columns="method", values=["arith_acc", "ppl"])
+tables.save_table(result.table, "recovery", caption="Accuracy recovery after SparseGPT, FP32 "
+                  "and packed W8A8 (95% Wilson intervals)", label="tab:recovery",
+                  float_format=".3g", config=result.meta["config"]);
+tables.save_table(result.w8a8, "recovery_w8a8_smoothing", caption="W8A8 perplexity of the "
+                  "recovered models by smoothing", label="tab:recovery-w8a8", float_format=".4g",
+                  config=result.meta["config"]);
+result.summary
 
 # %%
 plt.close("all")
