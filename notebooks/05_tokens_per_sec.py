@@ -90,8 +90,10 @@ summary[["out", "in", "sparsity", "x_vs_torch_fp32", "ceiling", "of_ceiling",
 # ## End to end: decode tokens/s of the packed runtime
 # When `results/decode/*.csv` exists (the decode benchmark, `python -m workbench bench decode`),
 # the decode speed-up of each system over Hugging Face FP32 measured in the same run, batch 1:
-# our loop with sparse INT8 kernels against sparsity, and the dense systems as lines. Until
-# then this section says so.
+# the packed model on the native engine (one C call per token) against sparsity, the same
+# model on the torch loop (`engine="torch"`, the reference) as crosses, and the dense systems
+# as lines: ours, HF with torch's dynamic INT8, and llama.cpp's own `llama-bench` (tg at the
+# prompt's depth) on GGUF Q8_0 / Q4_0 of the same weights. Until then this section says so.
 
 # %%
 decode = roofline.decode_results()
@@ -111,15 +113,19 @@ else:
         part = speed[speed["threads"] == t] if t is not None else speed
         ax.plot(s_fine, [roofline.speedup_ceiling("auto", s) for s in s_fine], ":",
                 color=plots.method_color("ours"), lw=0.8, label="bytes ceiling")
-        sparse = part[part.system.str.contains("-sparse-")].sort_values("sparsity")
+        sparse = part[part.system.str.startswith("ours-sparse-")].sort_values("sparsity")
         ax.plot(sparse.sparsity, sparse.speedup, marker="o", ms=3, color=plots.method_color("ours"),
-                label="ours, sparse INT8")
+                label="ours, sparse INT8 (native engine)")
+        torch_loop = part[part.system.str.startswith("ours-torch-sparse-")]
+        ax.plot(torch_loop.sparsity, torch_loop.speedup, marker="x", ms=4, ls="",
+                color=plots.method_color("ours"), label="ours, sparse INT8 (torch loop)")
         for system, style in (("ours-int8", "--"), ("hf-int8", "-"), ("ours-fp32", "-."),
-                              ("llamacpp-q8_0", "--"), ("llamacpp-q4_0", ":")):
+                              ("llamacpp-q8_0", "--"), ("llamacpp-q4_0", ":"),
+                              ("llamabench-q8_0", "--"), ("llamabench-q4_0", ":")):
             row = part[part.system == system]
             if len(row):
                 color = ("torch-int8" if system == "hf-int8" else
-                         "llama.cpp" if system.startswith("llamacpp") else "dense")
+                         "llama.cpp" if system.startswith("llama") else "dense")
                 ax.axhline(row.speedup.iloc[0], ls=style, lw=0.8, label=system,
                            color=plots.method_color(color))
         ax.set_title(f"{t} thread(s)" if t is not None else "")
