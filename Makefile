@@ -52,8 +52,10 @@ $(STAMP): $(SETUP_INPUTS)
 reproduce: setup notebooks
 
 # The larger runs behind results/{eval,pruning,w8a8,outliers,distill} (hours on 2 cores):
-# full-split perplexity, 128 calibration windows, the 100-item recovery experiment.
-EXPERIMENT_DISTILL_ARGS ?= --sparsities 0.5,0.7
+# full-split perplexity, 128 calibration windows, and the recovery experiment's full protocol
+# (RecoveryConfig.experiments: 50/60/70/80%, three seeds, 600-step caps to a dev plateau,
+# 200 test items per point). Interrupted, it resumes from its last training checkpoint.
+EXPERIMENT_DISTILL_ARGS ?= --size experiments
 experiments: setup
 	$(BIN)/python -m workbench eval --model smollm2-135m --tasks ppl,arith
 	$(BIN)/python -m workbench prune --methods sparsegpt,wanda,magnitude --sparsities 0.5 \

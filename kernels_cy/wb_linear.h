@@ -131,6 +131,12 @@ static inline void wb_finish(const wb_lin *L, int32_t a, int vnni, int64_t r, fl
  * add, 10 instructions instead of 32), and a 4-wide vector rescale in the same operation order
  * as wb_finish. Values and masks of the next rows are prefetched WB_PF_VALS ahead (DRAM
  * streams: the batch-1 note in wb_spmm.h). */
+#ifndef WB_PF_BPB1               /* packed bytes per block per row from which short rows */
+#define WB_PF_BPB1 40            /* prefetch every block ... */
+#endif
+#ifndef WB_PF_BPB2
+#define WB_PF_BPB2 20            /* ... and every 2 blocks; below, every 4 */
+#endif
 #ifndef WB_PF_DENSE
 #define WB_PF_DENSE 8192
 #endif
@@ -158,6 +164,12 @@ WB_VNNI static void wb_gemv4_vnni(const wb_lin *L, const wb_act *x, int64_t r, f
          * longer rows prefetch the whole next span of the group 4 KiB ahead once (14 GB/s at
          * 11008 columns, against 12.6). */
         const int long_rows = words > 96;
+        /* Short rows prefetch one line per row every 1, 2 or 4 blocks, so that the lines
+         * prefetched keep up with the bytes the rows consume (64 x density per block): one
+         * line every 4 blocks covered 70% (19 bytes a block) but only half of 50% (32 bytes a
+         * block), whose dot then ran at a third of 70%'s speed per block. */
+        const int64_t bpb = (L->row_ptr[r + 4] - L->row_ptr[r]) / (4 * words);
+        const int64_t pf_mask = bpb >= WB_PF_BPB1 ? 0 : bpb >= WB_PF_BPB2 ? 1 : 3;
         if (long_rows) {
             for (const int8_t *pf = p0 + 4096; pf < L->vals + L->row_ptr[r + 4] + 4096; pf += 64)
                 WB_PREFETCH(pf);
@@ -165,10 +177,12 @@ WB_VNNI static void wb_gemv4_vnni(const wb_lin *L, const wb_act *x, int64_t r, f
         }
         for (int64_t b = 0; b < words; b++) {
             uint64_t m0 = m[b], m1 = m[words + b], m2 = m[2 * words + b], m3 = m[3 * words + b];
-            if (!long_rows && (b & 3) == 0) {
+            if (!long_rows && (b & pf_mask) == 0) {
                 WB_PREFETCH(p0 + 8192); WB_PREFETCH(p1 + 8192);
                 WB_PREFETCH(p2 + 8192); WB_PREFETCH(p3 + 8192);
                 WB_PREFETCH(p3 + (p3 - p0) + 8192);
+            }
+            if (!long_rows && (b & 3) == 0) {
                 WB_PREFETCH(m + 4 * words + b); WB_PREFETCH(m + 5 * words + b);
                 WB_PREFETCH(m + 6 * words + b); WB_PREFETCH(m + 7 * words + b);
             }
