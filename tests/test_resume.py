@@ -81,6 +81,18 @@ def _frame(text: str) -> pd.DataFrame:
     return pd.read_json(io.StringIO(text))
 
 
+def _latest_step(root: Path) -> int:
+    """The newest committed checkpoint step under root (a step directory can exist before
+    latest.json points at it; only the latter is resumed from)."""
+    steps = [0]
+    for path in root.rglob("latest.json") if root.is_dir() else []:
+        try:
+            steps.append(int(json.loads(path.read_text())["step"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass                                    # being replaced right now
+    return max(steps)
+
+
 def _entries(cache: Path) -> dict[Path, float]:
     return {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")}
 
@@ -111,8 +123,7 @@ def test_a_killed_recovery_run_continues_from_its_last_checkpoint(checkpoint, tm
     ckpt_root = cache / "checkpoints" / "distill"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        steps = [p for p in ckpt_root.rglob("*") if p.is_dir() and p.name.startswith("step")]
-        if any(int("".join(c for c in p.name if c.isdigit()) or 0) >= 3 for p in steps):
+        if _latest_step(ckpt_root) >= 3:            # latest.json: the checkpoint's commit point
             proc.send_signal(signal.SIGKILL)        # inside the first recovery run
             break
         time.sleep(0.02)
