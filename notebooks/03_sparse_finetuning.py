@@ -73,8 +73,7 @@ plots.save_figure(fig, "recovery_vs_sparsity", config={"model": MODEL, **result.
 students = result.table[result.table["stage"] == "student"]
 for target, part in students.groupby("target"):
     ce, sh = (part[part["method"] == m] for m in ("CE", "SquareHead+CE"))
-    a, b = (stats.wilson_interval(int(round((p["acc"] * p["n"]).sum())), int(p["n"].sum()))
-            for p in (ce, sh))
+    a, b = (stats.pooled_accuracy(p)[1:] for p in (ce, sh))
     verdict = "no difference" if stats.overlap(a, b) else (
         "SquareHead+CE higher" if b[0] > a[1] else "CE higher")
     print(f"{target:.0%}: CE {a[0]:.2f}-{a[1]:.2f}, SquareHead+CE {b[0]:.2f}-{b[1]:.2f}: {verdict}")

@@ -130,11 +130,8 @@ def test_a_killed_recovery_run_continues_from_its_last_checkpoint(checkpoint, tm
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before a checkpoint was seen"
     resumed = json.loads(_finish("recovery", checkpoint, cache))
-    records = [json.loads(p.read_text()) for p in (cache / "results").rglob("*.json")] \
-        if (cache / "results").is_dir() else []
-    records = records or [json.loads(p.read_text()) for p in cache.rglob("*.json")]
-    resumed_from = [r.get("record", {}).get("resumed_from", 0) for r in records
-                    if isinstance(r, dict) and isinstance(r.get("record"), dict)]
+    records = [json.loads(p.read_text())["record"] for p in (cache / "results").rglob("*.json")]
+    resumed_from = [r.get("resumed_from", 0) for r in records]
     assert max(resumed_from) >= 3                   # a training run restarted from its checkpoint
     fresh = json.loads(_finish("recovery", checkpoint, tmp_path / "fresh"))
     for part in ("table", "losses"):

@@ -6,7 +6,14 @@ import math
 import pandas as pd
 import pytest
 
-from workbench.stats import add_intervals, correct_count, overlap, seed_summary, wilson_interval
+from workbench.stats import (
+    add_intervals,
+    correct_count,
+    overlap,
+    pooled_accuracy,
+    seed_summary,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize("k,n,lo,hi", [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
@@ -58,3 +65,9 @@ def test_seed_summary_mean_and_spread():
     assert out.acc_mean.tolist() == pytest.approx([0.3, 0.5])
     assert out.acc_std.tolist() == pytest.approx([0.1, 0.0])
     assert (out.acc_min[0], out.acc_max[0]) == (0.2, 0.4)
+
+
+def test_pooled_accuracy_sums_the_counts_of_its_rows():
+    frame = pd.DataFrame({"acc": [0.5, 0.25], "n": [10, 20]})
+    acc, lo, hi = pooled_accuracy(frame)
+    assert acc == 10 / 30 and (lo, hi) == wilson_interval(10, 30)

@@ -189,27 +189,18 @@ RECOVERY_STYLE = {   # label, colour, marker, offset along x (bars side by side)
 }
 
 
-def _pooled(part, acc: str) -> tuple[float, float, float]:
-    """(accuracy, low, high) over the seeds of a group: the pooled count of correct items out
-    of all items scored, with its 95% Wilson interval."""
-    from workbench.stats import correct_count, wilson_interval
-
-    k = sum(correct_count(float(a), int(n)) for a, n in zip(part[acc], part["n"], strict=True))
-    n = int(part["n"].sum())
-    lo, hi = wilson_interval(k, n)
-    return k / n, lo, hi
-
-
 def recovery_figure(table, packed_method: str = "SquareHead+CE"):
     """The paper's figure from run_recovery's table: (a) test accuracy against sparsity for
     the dense teacher (line and band: its interval), one-shot SparseGPT, CE, SquareHead + CE
     and SquareHead + CE as the packed W8A8 model, each point the pooled accuracy over seeds
     with its 95% Wilson interval as an error bar; (b) the decode speed-up of the same packed
     models over the dense FP32 model (batch 1, same run), one marker per seed. Returns fig."""
+    from workbench.stats import pooled_accuracy
+
     fig, (ax, ax_speed) = figure(columns=2, ncols=2, gridspec_kw={"width_ratios": [3, 2]})
     teacher = table[table["stage"] == "teacher"]
     if len(teacher):
-        acc, lo, hi = _pooled(teacher, "acc")
+        acc, lo, hi = pooled_accuracy(teacher, "acc")
         ax.axhline(acc, color=method_color("dense"), ls="--", lw=0.8, label="dense teacher (SFT)")
         ax.axhspan(lo, hi, color=method_color("dense"), alpha=0.08, lw=0)
     pruned = table[table["stage"].isin(["one-shot", "student"])]
@@ -221,7 +212,7 @@ def recovery_figure(table, packed_method: str = "SquareHead+CE"):
         if not len(part):
             continue
         label, color, marker, dx = RECOVERY_STYLE[key]
-        points = [(t, *_pooled(g, column)) for t, g in part.groupby("target")]
+        points = [(t, *pooled_accuracy(g, column)) for t, g in part.groupby("target")]
         xs = [p[0] + dx for p in points]
         ys = [p[1] for p in points]
         err = [[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]]

@@ -43,6 +43,16 @@ def correct_count(accuracy: float, n: int) -> int:
     return k
 
 
+def pooled_accuracy(frame: pd.DataFrame, acc: str = "acc", n: str = "n",
+                    confidence: float = 0.95) -> tuple[float, float, float]:
+    """(accuracy, low, high) over the rows of frame (e.g. one per seed): the pooled count of
+    correct items out of all items scored, with its Wilson interval."""
+    k = sum(correct_count(float(a), int(c)) for a, c in zip(frame[acc], frame[n], strict=True))
+    total = int(frame[n].sum())
+    lo, hi = wilson_interval(k, total, confidence)
+    return k / total, lo, hi
+
+
 def add_intervals(frame: pd.DataFrame, acc: str = "acc", n: str | int = "n",
                   prefix: str | None = None, confidence: float = 0.95) -> pd.DataFrame:
     """A copy of frame with the Wilson interval of column acc (fractions) out of n items (a
