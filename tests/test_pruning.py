@@ -1,12 +1,15 @@
-"""SparseGPT, Wanda and magnitude pruning: exact sparsity, N:M patterns, the OBS update, error
-ordering on correlated inputs, and the sequential driver on tiny models."""
+"""SparseGPT, Wanda, RIA and magnitude pruning: exact sparsity, N:M patterns, the OBS update,
+error ordering on correlated inputs, OWL's block sparsities, DSnoT's refinement, and the
+sequential driver on tiny models."""
 
 import pytest
 import torch
 
 from workbench import arch, data
-from workbench.baselines import magnitude_prune, wanda_prune
+from workbench.baselines import magnitude_prune, ria_prune, ria_score, wanda_prune
+from workbench.dsnot import dsnot_refine
 from workbench.models import tiny_llama
+from workbench.owl import outlier_ratio, owl_sparsities
 from workbench.pruning import PruneConfig, current_masks, prune_
 from workbench.sparsegpt import HessianAccumulator, reconstruction_error, sparsify_weight
 
@@ -111,6 +114,134 @@ def test_bad_configs_are_rejected(bad):
         PruneConfig(**bad)
 
 
+@pytest.mark.parametrize("bad,named", [
+    (dict(layer_sparsity="outlier"), "layer_sparsity"), (dict(refine="grow"), "refine"),
+    (dict(refine="dsnot", dsnot_iters=-1), "dsnot_iters"), (dict(ria_a=-1.0), "ria_a"),
+    (dict(layer_sparsity="owl", structure="2:4"), "layer_sparsity='owl'"),
+    (dict(layer_sparsity="owl", sparsity=0.95, owl_lambda=0.08), "owl_lambda"),
+    (dict(layer_sparsity="owl", sparsity=0.05), "owl_lambda"),
+    (dict(layer_sparsity="owl", owl_lambda=-0.1), "owl_lambda"),
+    (dict(layer_sparsity="owl", owl_m=0.0), "owl_m")])
+def test_bad_new_options_name_themselves(bad, named):
+    with pytest.raises(ValueError, match=named):
+        PruneConfig(**bad)
+
+
+def test_new_options_keep_old_cache_keys():
+    """Options at their defaults stay out of to_dict, so configs cached before they existed
+    keep their keys; a non-default option is part of the key."""
+    old_keys = {"method", "sparsity", "structure", "targets", "ignore", "blocksize", "percdamp",
+                "batch_size"}
+    assert set(PruneConfig(method="wanda", sparsity=0.7).to_dict()) == old_keys
+    d = PruneConfig(method="ria", sparsity=0.7, layer_sparsity="owl", refine="dsnot").to_dict()
+    assert d["layer_sparsity"] == "owl" and d["refine"] == "dsnot"
+    assert PruneConfig(**d) == PruneConfig(method="ria", sparsity=0.7, layer_sparsity="owl",
+                                           refine="dsnot")
+
+
+# ---------------------------------------------------------------- RIA
+
+def test_ria_score_on_a_hand_computed_3x4_example():
+    W = torch.tensor([[1.0, -2.0, 0.0, 1.0],
+                      [2.0, 1.0, 1.0, 0.0],
+                      [0.0, 1.0, -3.0, 2.0]])
+    norms = torch.tensor([4.0, 1.0, 16.0, 9.0])          # ||X_j||; ^0.5 = 2, 1, 4, 3
+    # row sums of |W|: 4, 4, 6; column sums: 3, 4, 4, 3
+    # S_ij = (|W_ij| / col_j + |W_ij| / row_i) * ||X_j||^0.5, e.g. S_00 = (1/3 + 1/4) * 2 = 7/6
+    expected = torch.tensor([[7 / 6, 1.0, 0.0, 7 / 4],
+                             [7 / 3, 1 / 2, 2.0, 0.0],
+                             [0.0, 5 / 12, 5.0, 3.0]])
+    torch.testing.assert_close(ria_score(W, norms), expected)
+    Wp, mask = ria_prune(W, norms, 0.5)                   # the 6 lowest of the whole matrix
+    pruned = {(0, 1), (0, 2), (1, 1), (1, 3), (2, 0), (2, 1)}
+    assert {tuple(ix) for ix in mask.nonzero().tolist()} == pruned
+    assert torch.equal(Wp, W.masked_fill(mask, 0))
+
+
+def test_ria_exact_count_and_nm_pattern():
+    W, _, X = _layer_problem(32, 64)
+    norms = X.norm(dim=0)
+    for sparsity in (0.3, 0.5, 0.8):
+        _, mask = ria_prune(W, norms, sparsity)
+        assert int(mask.sum()) == round(sparsity * W.numel())
+    _, mask = ria_prune(W, norms, 0, prune_n=2, prune_m=4)
+    assert (mask.reshape(32, 16, 4).sum(-1) == 2).all()
+    with pytest.raises(ValueError, match="input_norm"):
+        ria_prune(W, norms[:3], 0.5)
+
+
+# ---------------------------------------------------------------- OWL
+
+def test_outlier_ratio_counts_scores_above_m_times_the_mean():
+    scores = [torch.tensor([[1.0, 1.0], [1.0, 13.0]]), torch.tensor([0.0, 0.0, 0.0, 8.0])]
+    # mean 24 / 8 = 3: above 2 x 3 = 6 are 13 and 8 -> 2 / 8; above 4 x 3 = 12: 13 only
+    assert outlier_ratio(scores, 2.0) == pytest.approx(2 / 8)
+    assert outlier_ratio(scores, 4.0) == pytest.approx(1 / 8)
+
+
+@pytest.mark.parametrize("ratios,weights", [
+    ([0.01, 0.02, 0.03, 0.04], None), ([0.001, 0.001, 0.001, 0.09], None),  # one outlier block
+    ([0.05, 0.01, 0.03], [1.0, 3.0, 2.0]), ([0.02, 0.02], None)])
+@pytest.mark.parametrize("target,lam", [(0.5, 0.08), (0.7, 0.2), (0.8, 0.0)])
+def test_owl_sparsities_stay_within_lambda_with_the_exact_mean(ratios, weights, target, lam):
+    s = torch.tensor(owl_sparsities(ratios, target, lam, weights), dtype=torch.float64)
+    w = torch.ones(len(ratios), dtype=torch.float64) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    assert float((s * w).sum() / w.sum()) == pytest.approx(target, abs=1e-12)
+    assert (s >= target - lam - 1e-12).all() and (s <= target + lam + 1e-12).all()
+    order = torch.tensor(ratios).argsort()                # more outliers -> never sparser
+    assert (s[order].diff() <= 1e-12).all()
+    if lam and len(set(ratios)) > 1:
+        assert float(s.max() - s.min()) > 0
+
+
+# ---------------------------------------------------------------- DSnoT
+
+def _row_errors(W, Wp, H):
+    D = (W - Wp).double()
+    return torch.einsum("ij,jk,ik->i", D, H.double(), D)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude", "ria"])
+@pytest.mark.parametrize("nm", [(0, 0), (2, 4)])
+def test_dsnot_never_raises_the_error_and_keeps_every_count(method, nm):
+    prune_n, prune_m = nm
+    W, H, X = _layer_problem(32, 64, seed=3)
+    X = X + 0.5                                          # nonzero input means, as after a norm
+    H = 2 * X.t() @ X / X.shape[0]
+    norms, mean = X.norm(dim=0), X.mean(0)
+    sparsity = 0.6
+    Wp, mask = {"sparsegpt": lambda: sparsify_weight(W, H, sparsity, prune_n, prune_m, 32),
+                "wanda": lambda: wanda_prune(W, norms, sparsity, prune_n, prune_m),
+                "magnitude": lambda: magnitude_prune(W, sparsity, prune_n, prune_m),
+                "ria": lambda: ria_prune(W, norms, sparsity, prune_n, prune_m)}[method]()
+    Wr, mask_r, swaps = dsnot_refine(W, Wp, mask, H, mean, iters=50, prune_m=prune_m)
+    before, after = _row_errors(W, Wp, H), _row_errors(W, Wr, H)
+    assert (after <= before * (1 + 1e-9)).all()                           # every row
+    assert reconstruction_error(W, Wr, H) <= reconstruction_error(W, Wp, H) * (1 + 1e-9)
+    assert torch.equal(mask_r.sum(1), mask.sum(1))                        # each row's count
+    if prune_m:
+        assert (mask_r.reshape(32, -1, prune_m).sum(-1) == prune_n).all()
+    assert torch.equal(Wr == 0, mask_r | (W == 0))
+    # kept weights keep the pruner's values; grown ones get their dense values back
+    stayed = ~mask & ~mask_r
+    assert torch.equal(Wr[stayed], Wp[stayed])
+    grown = mask & ~mask_r
+    assert torch.equal(Wr[grown], W[grown])
+    if method in ("wanda", "magnitude"):                 # these leave room: DSnoT finds swaps
+        assert swaps > 0 and after.sum() < before.sum()
+
+
+def test_dsnot_rejects_bad_input():
+    W, H, X = _layer_problem(8, 16)
+    Wp, mask = magnitude_prune(W, 0.5)
+    with pytest.raises(ValueError, match="bool"):
+        dsnot_refine(W, Wp, mask.float(), H, X.mean(0))
+    with pytest.raises(ValueError, match="H must be"):
+        dsnot_refine(W, Wp, mask, H[:4, :4], X.mean(0))
+    with pytest.raises(ValueError, match="share one 2-D shape"):
+        dsnot_refine(W, Wp[:3], mask, H, X.mean(0))
+
+
 def test_pure_functions_reject_bad_input():
     W, H, _ = _layer_problem(4, 8)
     with pytest.raises(ValueError, match="sparsity"):
@@ -179,6 +310,57 @@ def test_blocks_are_calibrated_on_pruned_outputs(calib):
     for (name, a), b in zip(arch.layer_linears(together).items(),
                             arch.layer_linears(stepwise).values(), strict=True):
         torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude", "ria"])
+def test_owl_in_the_driver_hits_the_mean_and_the_band(method, calib):
+    model, _ = tiny_llama(seed=1)
+    cfg = PruneConfig(method=method, sparsity=0.6, layer_sparsity="owl", owl_lambda=0.1,
+                      blocksize=32)
+    report = prune_(model, calib, cfg)
+    assert report.sparsity == pytest.approx(0.6, abs=1e-3)
+    targets = {r["layer"]: r["target"] for r in report.layers}
+    assert len(set(targets.values())) == 2                       # the two blocks differ
+    for r in report.layers:
+        assert 0.5 - 1e-9 <= r["target"] <= 0.7 + 1e-9
+        assert r["sparsity"] == pytest.approx(r["target"], abs=1 / 64)
+        assert "outlier_ratio" in r
+    ratios = {r["layer"]: r["outlier_ratio"] for r in report.layers}
+    sparser = max(targets, key=targets.get)
+    assert ratios[sparser] <= min(ratios.values())              # fewer outliers, more pruned
+
+
+@pytest.mark.parametrize("method,structure", [("wanda", "unstructured"), ("sparsegpt", "unstructured"),
+                                              ("ria", "2:4"), ("magnitude", "4:8")])
+def test_dsnot_in_the_driver_lowers_each_error_and_keeps_counts(method, structure, calib):
+    base = dict(method=method, sparsity=0.6, structure=structure, blocksize=32)
+    plain, _ = tiny_llama(seed=1)
+    first = prune_(plain, calib, PruneConfig(**base, targets=("model.layers.0.*",)))
+    refined, _ = tiny_llama(seed=1)
+    report = prune_(refined, calib, PruneConfig(**base, refine="dsnot", targets=("model.layers.0.*",)))
+    for r in report.layers:             # block 0 sees the same inputs in both runs
+        assert r["rel_error"] <= r["rel_error_before_refine"] * (1 + 1e-6), r["name"]
+        assert torch.equal(report.masks[r["name"]].sum(1), first.masks[r["name"]].sum(1))
+    assert sum(r["swaps"] for r in report.layers) > 0
+    assert report.sparsity == pytest.approx(first.sparsity, abs=0)
+
+
+def test_bf16_model_is_pruned_in_fp32_and_written_back_in_bf16(calib):
+    """A bf16 model: every block computed in FP32, weights stored back in bf16; the masks are
+    the ones an FP32 copy of the same bf16 weights gets."""
+    model, _ = tiny_llama(seed=4)
+    model.to(torch.bfloat16)
+    reference, _ = tiny_llama(seed=4)
+    reference.to(torch.bfloat16).float()
+    cfg = PruneConfig(method="wanda", sparsity=0.5)
+    report = prune_(model, calib, cfg)
+    ref = prune_(reference, calib, cfg)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    for name in report.masks:
+        assert torch.equal(report.masks[name], ref.masks[name]), name
+    for (name, a), b in zip(arch.layer_linears(model).items(),
+                            arch.layer_linears(reference).values(), strict=True):
+        assert torch.equal(a.weight.float(), b.weight), name
 
 
 def test_driver_errors(calib):

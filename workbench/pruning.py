@@ -1,11 +1,18 @@
-"""The sequential pruning driver shared by SparseGPT, Wanda and magnitude pruning.
+"""The sequential pruning driver shared by SparseGPT, Wanda, RIA and magnitude pruning.
 
 Decoder blocks are pruned one after another, as in SparseGPT's reference driver: the inputs of
 block i are the outputs of blocks 0..i-1 *after* they were pruned, so each block is calibrated on
 what it will really see. Embeddings and lm_head are never touched. Only activations of the
 current block are held (calibration samples × seqlen × hidden floats).
 
+Two options go beyond one uniform pruner: layer_sparsity="owl" gives each block its own
+sparsity from its outlier ratio (workbench.owl; one dense pass over the blocks first, as in OWL's
+reference), and refine="dsnot" moves mask entries after any pruner to lower each layer's
+reconstruction error (workbench.dsnot).
+
     report = prune_(model, calib, PruneConfig(method="sparsegpt", sparsity=0.5))
+    report = prune_(model, calib, PruneConfig(method="ria", sparsity=0.7, layer_sparsity="owl",
+                                              refine="dsnot"))
 """
 
 from __future__ import annotations
@@ -19,11 +26,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.arch import decoder_layers, get_arch
-from workbench.baselines import magnitude_prune, wanda_prune
+from workbench.baselines import magnitude_prune, ria_prune, wanda_prune
 from workbench.data import check_calib
+from workbench.dsnot import dsnot_refine
+from workbench.owl import check_owl, outlier_ratio, owl_sparsities
 from workbench.sparsegpt import HessianAccumulator, reconstruction_error, sparsify_weight
 
-METHODS = ("sparsegpt", "wanda", "magnitude")
+METHODS = ("sparsegpt", "wanda", "magnitude", "ria")
+LAYER_SPARSITIES = ("uniform", "owl")
+REFINES = ("none", "dsnot")
+# Options added after the first configs were cached: to_dict leaves them out at these defaults,
+# so every earlier cached point keeps its key.
+_LATER_DEFAULTS = {"layer_sparsity": "uniform", "owl_lambda": 0.08, "owl_m": 5.0,
+                   "refine": "none", "dsnot_iters": 50, "ria_a": 0.5}
 
 
 @dataclass
@@ -36,10 +51,25 @@ class PruneConfig:
     blocksize: int = 128                  # SparseGPT column block
     percdamp: float = 0.01                # SparseGPT dampening, fraction of mean(diag H)
     batch_size: int = 8                   # calibration sequences per forward
+    layer_sparsity: str = "uniform"       # or "owl": per-block sparsity from outlier ratios
+    owl_lambda: float = 0.08              # OWL: block sparsities within target ± owl_lambda
+    owl_m: float = 5.0                    # OWL: outlier = score above owl_m x the block mean
+    refine: str = "none"                  # or "dsnot": prune-and-grow after the pruner
+    dsnot_iters: int = 50                 # DSnoT: swap rounds per matrix (its max_cycle_time)
+    ria_a: float = 0.5                    # RIA: exponent of ||X_j|| in its score
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.layer_sparsity not in LAYER_SPARSITIES:
+            raise ValueError(f"layer_sparsity must be one of {', '.join(LAYER_SPARSITIES)}, "
+                             f"got {self.layer_sparsity!r}")
+        if self.refine not in REFINES:
+            raise ValueError(f"refine must be one of {', '.join(REFINES)}, got {self.refine!r}")
+        if not isinstance(self.dsnot_iters, int) or self.dsnot_iters < 0:
+            raise ValueError(f"dsnot_iters must be an int >= 0, got {self.dsnot_iters!r}")
+        if not self.ria_a >= 0:
+            raise ValueError(f"ria_a must be >= 0, got {self.ria_a}")
         if self.structure != "unstructured":
             try:
                 n, m = (int(v) for v in self.structure.split(":"))
@@ -52,6 +82,11 @@ class PruneConfig:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.batch_size < 1 or self.blocksize < 1:
             raise ValueError("batch_size and blocksize must be >= 1")
+        if self.layer_sparsity == "owl":
+            if self.structure != "unstructured":
+                raise ValueError(f"layer_sparsity='owl' needs structure='unstructured' (N:M fixes "
+                                 f"every layer at N/M), got structure={self.structure!r}")
+            check_owl(self.sparsity, self.owl_lambda, self.owl_m)
         self.targets, self.ignore = tuple(self.targets), tuple(self.ignore)
 
     @property
@@ -61,8 +96,17 @@ class PruneConfig:
         n, m = self.structure.split(":")
         return int(n), int(m)
 
+    @property
+    def needs_data(self) -> bool:
+        """Whether calibration data is needed (magnitude alone needs none)."""
+        return self.method != "magnitude" or self.layer_sparsity == "owl" or self.refine != "none"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for k, default in _LATER_DEFAULTS.items():
+            if d[k] == default:
+                del d[k]
+        return d
 
 
 @dataclass
@@ -114,15 +158,26 @@ class _Captured(Exception):
     """Raised by the capture hook to stop the forward once block 0's inputs are known."""
 
 
+def _as_fp32(value):
+    """Floating tensors (and tuples of them, e.g. RoPE's (cos, sin)) in float32: blocks are
+    computed in FP32 whatever the model's dtype."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
+    if isinstance(value, tuple):
+        return tuple(_as_fp32(v) for v in value)
+    return value
+
+
 def _block_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int):
-    """[(hidden_states, kwargs)] per calibration batch, as decoder block 0 receives them."""
+    """[(hidden_states, kwargs)] per calibration batch, as decoder block 0 receives them, in FP32."""
     first = decoder_layers(model)[0]
     batches = []
 
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
-        batches.append((hidden, kwargs))
+        kwargs = {k: _as_fp32(v) for k, v in kwargs.items()
+                  if k not in ("past_key_values", "past_key_value")}
+        batches.append((hidden.float(), kwargs))
         raise _Captured
 
     handle = first.register_forward_pre_hook(hook, with_kwargs=True)
@@ -146,88 +201,211 @@ def _run_block(layer: nn.Module, batches):
 
 
 class _NormAccumulator:
-    """Σ_tokens x_j² per input channel, for Wanda's ||X_j||₂."""
+    """Σ_tokens x_j² and Σ_tokens x_j per input channel: Wanda's and RIA's ||X_j||₂, DSnoT's
+    E[X_j]."""
 
     def __init__(self, cols: int, device=None):
         self.sq = torch.zeros(cols, dtype=torch.float32, device=device)
+        self.sum = torch.zeros(cols, dtype=torch.float64, device=device)
+        self.n = 0
 
     def add_batch(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).float()
         if not torch.isfinite(x).all():
             raise ValueError("calibration activations hold NaN or Inf")
         self.sq += (x * x).sum(0)
+        self.sum += x.sum(0, dtype=torch.float64)
+        self.n += x.shape[0]
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.sq.sqrt()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.sum / max(self.n, 1)).float()
+
+
+class _InputStats:
+    """What the pruner and the refinement need of one input: the Hessian (SparseGPT, DSnoT's
+    exact error), the norms and means (Wanda, RIA, DSnoT)."""
+
+    def __init__(self, cols: int, device, hessian: bool):
+        self.hessian = HessianAccumulator(cols, device) if hessian else None
+        self.norms = _NormAccumulator(cols, device)
+
+    def add_batch(self, x: torch.Tensor) -> None:
+        self.norms.add_batch(x)
+        if self.hessian is not None:
+            self.hessian.add_batch(x)
+
+
+class _InMemoryBlocks:
+    """The model's own decoder blocks: each is computed in FP32 while it is pruned and written
+    back in the model's dtype (a bf16 or fp16 model never exists in FP32 as a whole)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = decoder_layers(model)
+        self.dtypes = {}
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def load(self, i: int) -> nn.Module:
+        layer = self.layers[i]
+        dtype = next(layer.parameters()).dtype
+        if dtype != torch.float32:
+            self.dtypes[i] = dtype
+            layer.float()
+        return layer
+
+    def release(self, i: int, final: bool) -> None:
+        if i in self.dtypes:
+            self.layers[i].to(self.dtypes.pop(i))
+
+
+def _collect(layer: nn.Module, names: dict[str, str], batches, shared_input, hessian: bool):
+    """{full name: _InputStats} of the block's matrices over the calibration batches; Linears fed
+    by one norm (q/k/v, gate/up) see the same input and share one accumulator."""
+    stats, handles, by_input = {}, [], {}
+    for full, local in names.items():
+        source = shared_input.get(local, local)
+        if source not in by_input:
+            lin = layer.get_submodule(local)
+            acc = _InputStats(lin.in_features, lin.weight.device, hessian)
+            by_input[source] = acc
+            handles.append(lin.register_forward_pre_hook(lambda m, a, acc=acc: acc.add_batch(a[0])))
+        stats[full] = by_input[source]
+    try:
+        outputs = _run_block(layer, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats, outputs
+
+
+def _owl_targets(blocks, chosen, batches, config: PruneConfig, shared_input) -> dict[int, float]:
+    """{block: sparsity} by OWL from a dense pass: block i's Wanda scores |W|·||X|| on the
+    outputs of dense blocks 0..i-1 over the calibration set (workbench.owl)."""
+    ratios, numels, order = [], [], []
+    for i in tqdm(range(len(blocks)), desc="OWL outlier ratios", leave=False):
+        names = chosen.get(i, {})
+        layer = blocks.load(i)
+        try:
+            if names:
+                stats, batches = _collect(layer, names, batches, shared_input, hessian=False)
+                scores = [layer.get_submodule(local).weight.detach().abs().float()
+                          * stats[full].norms.norm.reshape(1, -1) for full, local in names.items()]
+                ratios.append(outlier_ratio(scores, config.owl_m))
+                numels.append(sum(s.numel() for s in scores))
+                order.append(i)
+                del scores, stats
+            elif i + 1 < len(blocks):
+                batches = _run_block(layer, batches)
+        finally:
+            blocks.release(i, final=False)
+    sparsities = owl_sparsities(ratios, config.sparsity, config.owl_lambda, numels)
+    return {i: {"sparsity": s, "outlier_ratio": r} for i, s, r in zip(order, sparsities, ratios, strict=True)}
+
+
+def _prune_matrix(W: torch.Tensor, stats: _InputStats | None, sparsity: float,
+                  config: PruneConfig):
+    """(W_pruned, mask, row of the report's extra fields) for one matrix by config's method."""
+    prune_n, prune_m = config.prune_nm
+    H = stats.hessian.H if stats is not None and stats.hessian is not None else None
+    if config.method == "sparsegpt":
+        Wp, mask = sparsify_weight(W, H, sparsity, prune_n, prune_m, config.blocksize,
+                                   config.percdamp)
+    elif config.method == "wanda":
+        Wp, mask = wanda_prune(W, stats.norms.norm, sparsity, prune_n, prune_m)
+    elif config.method == "ria":
+        Wp, mask = ria_prune(W, stats.norms.norm, sparsity, prune_n, prune_m, config.ria_a)
+    else:
+        Wp, mask = magnitude_prune(W, sparsity, prune_n, prune_m)
+    extra = {"rel_error": reconstruction_error(W, Wp, H) if H is not None else None}
+    if config.refine == "dsnot":
+        Wp, mask, swaps = dsnot_refine(W, Wp, mask, H, stats.norms.mean, config.dsnot_iters,
+                                       prune_m)
+        extra = {"rel_error": reconstruction_error(W, Wp, H), "rel_error_before_refine":
+                 extra["rel_error"], "swaps": swaps}
+    return Wp, mask, extra
 
 
 @torch.no_grad()
-def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | None = None) -> PruneReport:
+def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | None = None,
+           blocks=None) -> PruneReport:
     """Prune the model's decoder Linears in place; returns per-matrix sparsity, errors and masks.
 
     calib: LongTensor [nsamples, seqlen] (workbench.data.calibration_set); may be None for
-    magnitude pruning, which needs no data.
+    magnitude pruning, which needs no data. Each block is computed in FP32, whatever the
+    model's dtype, and written back in it. blocks: where the decoder blocks come from and go
+    to (workbench.streaming.StreamedBlocks for a checkpoint streamed from disk); default the
+    model's own.
     """
     start = time.perf_counter()
     config = config or PruneConfig()
     chosen = select_linears(model, config)
-    needs_data = config.method != "magnitude"
+    needs_data = config.needs_data
     if needs_data:
         calib = check_calib(calib)
         if calib.shape[1] < 2:
             raise ValueError(f"calib sequences need at least 2 tokens, got {tuple(calib.shape)}")
-    prune_n, prune_m = config.prune_nm
     report = PruneReport(config=config.to_dict())
-    layers = decoder_layers(model)
+    blocks = blocks if blocks is not None else _InMemoryBlocks(model)
     shared_input = {local: norm for norm, group in get_arch(model).smooth_maps for local in group}
+    hessian = config.method == "sparsegpt" or config.refine == "dsnot"
     was_training = model.training
     model.eval()
     try:
         batches = _block_inputs(model, calib.to(model.device), config.batch_size) if needs_data else []
-        for i, layer in enumerate(tqdm(layers, desc=f"prune {config.method}", leave=False)):
+        owl = _owl_targets(blocks, chosen, batches, config, shared_input) \
+            if config.layer_sparsity == "owl" else {}
+        # OWL's block targets are arbitrary fractions: each matrix is given what keeps the
+        # running count of zeros on the running target count, so per-matrix rounding (Wanda's
+        # is per row) does not add up over the model.
+        quota = pruned = 0
+        for i in tqdm(range(len(blocks)), desc=f"prune {config.method}", leave=False):
             names = chosen.get(i, {})
-            stats, handles, by_input = {}, [], {}
-            for full, local in names.items() if needs_data else ():
-                # Linears fed by one norm (q/k/v, gate/up) see the same input: one accumulator.
-                source = shared_input.get(local, local)
-                if source not in by_input:
-                    lin = layer.get_submodule(local)
-                    acc = (HessianAccumulator(lin.in_features, lin.weight.device)
-                           if config.method == "sparsegpt"
-                           else _NormAccumulator(lin.in_features, lin.weight.device))
-                    by_input[source] = acc
-                    handles.append(lin.register_forward_pre_hook(lambda m, a, acc=acc: acc.add_batch(a[0])))
-                stats[full] = by_input[source]
+            layer = blocks.load(i)
             try:
+                stats = {}
                 if names and needs_data:
-                    _run_block(layer, batches)
+                    stats, _ = _collect(layer, names, batches, shared_input, hessian)
+                target = owl[i]["sparsity"] if i in owl else config.sparsity
+                for full, local in names.items():
+                    lin = layer.get_submodule(local)
+                    W = lin.weight.data
+                    t0 = time.perf_counter()
+                    asked = target
+                    if owl:
+                        quota += target * W.numel()
+                        asked = min(max((round(quota) - pruned) / W.numel(), 0.0), 1 - 1 / W.numel())
+                    Wp, mask, extra = _prune_matrix(W, stats.get(full), asked, config)
+                    pruned += int(mask.sum())
+                    W.copy_(Wp)
+                    zeros = int((W == 0).sum())
+                    report.masks[full] = mask
+                    row = {"name": full, "layer": i, "module": local, "numel": W.numel(),
+                           "zeros": zeros, "sparsity": zeros / W.numel(), "target": target,
+                           **extra, "seconds": time.perf_counter() - t0}
+                    if i in owl:
+                        row["outlier_ratio"] = owl[i]["outlier_ratio"]
+                    report.layers.append(row)
+                stats.clear()
+                if needs_data and i + 1 < len(blocks):
+                    batches = _run_block(layer, batches)     # calibrate block i+1 on pruned outputs
             finally:
-                for h in handles:
-                    h.remove()
-            for full, local in names.items():
-                lin = layer.get_submodule(local)
-                W = lin.weight.data
-                t0 = time.perf_counter()
-                error = None
-                if config.method == "sparsegpt":
-                    H = stats[full].H
-                    Wp, mask = sparsify_weight(W, H, config.sparsity, prune_n, prune_m,
-                                               config.blocksize, config.percdamp)
-                    error = reconstruction_error(W, Wp, H)
-                elif config.method == "wanda":
-                    Wp, mask = wanda_prune(W, stats[full].sq.sqrt(), config.sparsity, prune_n, prune_m)
-                else:
-                    Wp, mask = magnitude_prune(W, config.sparsity, prune_n, prune_m)
-                W.copy_(Wp)
-                zeros = int((W == 0).sum())
-                report.masks[full] = mask
-                report.layers.append({"name": full, "layer": i, "module": local, "numel": W.numel(),
-                                      "zeros": zeros, "sparsity": zeros / W.numel(),
-                                      "rel_error": error, "seconds": time.perf_counter() - t0})
-            stats.clear()
-            if needs_data and i + 1 < len(layers):
-                batches = _run_block(layer, batches)     # calibrate block i+1 on pruned outputs
+                blocks.release(i, final=True)
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def variant_label(layer_sparsity: str, refine: str) -> str:
+    """"uniform", "OWL", "DSnoT" or "OWL + DSnoT" for a config's (layer_sparsity, refine)."""
+    parts = (["OWL"] if layer_sparsity == "owl" else []) + (["DSnoT"] if refine == "dsnot" else [])
+    return " + ".join(parts) or "uniform"
 
 
 def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
