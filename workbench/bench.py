@@ -41,6 +41,7 @@ import resource
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -188,6 +189,52 @@ def streamed_shape_model(name: str, layers: int, sparsity: float = 0.0, seed: in
         fill(-1 - j, part)
     model.model.layers = _StreamedLayers(list(model.model.layers), fill)
     return model.eval()
+
+
+def save_shape_checkpoint(name: str, path, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                          layers: int | None = None):
+    """Write a random-weight shape model (SHAPES[name]; weights N(0, 0.02²) as Hugging Face
+    initializes them, norms 1) as a sharded Hugging Face checkpoint in `dtype`, one decoder
+    block at a time: a 7B shape never exists in memory as a whole. The tiny byte tokenizer
+    rides along so load_model reads the directory. RANDOM WEIGHTS: for memory and speed
+    measurements only. Returns the path."""
+    from transformers import LlamaConfig
+
+    from workbench.models import tiny_tokenizer
+    from workbench.streaming import ShardWriter
+
+    if name not in SHAPES:
+        raise ValueError(f"unknown shape model {name!r}; choose one of {sorted(SHAPES)}")
+    dims = {**SHAPES[name], **({"num_hidden_layers": layers} if layers else {})}
+    tok = tiny_tokenizer()
+    config = LlamaConfig(**dims, max_position_embeddings=2048, tie_word_embeddings=False,
+                         dtype=str(dtype).replace("torch.", ""), bos_token_id=None,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    h, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    kv = h // config.num_attention_heads * config.num_key_value_heads
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(dtype)
+
+    writer = ShardWriter(Path(path))
+    try:
+        for i in range(config.num_hidden_layers):
+            p = f"model.layers.{i}."
+            writer.write(f"block-{i:05d}.safetensors", {
+                p + "self_attn.q_proj.weight": normal(h, h), p + "self_attn.k_proj.weight": normal(kv, h),
+                p + "self_attn.v_proj.weight": normal(kv, h), p + "self_attn.o_proj.weight": normal(h, h),
+                p + "mlp.gate_proj.weight": normal(f, h), p + "mlp.up_proj.weight": normal(f, h),
+                p + "mlp.down_proj.weight": normal(h, f),
+                p + "input_layernorm.weight": torch.ones(h, dtype=dtype),
+                p + "post_attention_layernorm.weight": torch.ones(h, dtype=dtype)})
+        writer.write("rest.safetensors", {"model.embed_tokens.weight": normal(v, h),
+                                          "model.norm.weight": torch.ones(h, dtype=dtype),
+                                          "lm_head.weight": normal(v, h)})
+        return writer.finish(config=config, tokenizer=tok)
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def magnitude_sparsify_(model, sparsity: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -66,17 +67,43 @@ def _finish(model: nn.Module, tokenizer, dtype: torch.dtype):
     get_arch(model)  # refuse unsupported architectures before anyone walks the model
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(dtype)
+    # Parameters only: buffers such as RoPE's inv_freq stay FP32 (in bf16 they would shift
+    # every position's angle); a checkpoint loaded straight into dtype is not touched.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
     model.eval()
     return model, tokenizer
 
 
-def _load_pretrained(source: str, **kwargs):
+def _load_pretrained(source: str, dtype: torch.dtype = torch.float32, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     return model, tokenizer
+
+
+def _check_local_fits(path: Path, dtype: torch.dtype) -> None:
+    """MemoryError naming the size before a local checkpoint too large for memory is loaded."""
+    from safetensors import safe_open
+
+    from workbench.streaming import check_fits, checkpoint_index
+
+    try:
+        index = checkpoint_index(path)
+    except FileNotFoundError:
+        return                                     # .bin weights: transformers reports
+    numel = 0
+    for file in set(index.values()):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                numel += math.prod(f.get_slice(name).get_shape())
+    elem = torch.tensor([], dtype=dtype).element_size()
+    check_fits(int(numel * elem * 1.05), f"loading {path.name} in {dtype}".replace("torch.", ""),
+               "load it in torch.bfloat16, or prune it from disk with "
+               "workbench.streaming.prune_checkpoint")
 
 
 def _check_config(source: str, **kwargs) -> None:
@@ -148,7 +175,9 @@ def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.fl
     """Load (model, tokenizer) in eval mode.
 
     name_or_path: "smollm2-135m" (embedded, offline), a local HF checkpoint directory, a local
-    .gguf file, or a Hugging Face hub id (needs a network).
+    .gguf file, or a Hugging Face hub id (needs a network). dtype: the weights' dtype; a
+    checkpoint is loaded straight into it (a 7B model in torch.bfloat16 takes 13.5 GB, never the
+    27 GB of FP32), and one larger than the available memory raises MemoryError with its size.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a string or path, got {type(name_or_path).__name__}")
@@ -166,7 +195,8 @@ def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.fl
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint (no config.json)")
         _check_config(str(path), local_files_only=True)
-        return _finish(*_load_pretrained(str(path), local_files_only=True), dtype)
+        _check_local_fits(path, dtype)
+        return _finish(*_load_pretrained(str(path), dtype, local_files_only=True), dtype)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name!r} is neither a checkpoint directory nor a .gguf file")
     require_hub(
@@ -174,7 +204,7 @@ def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.fl
         hint=f"Embedded models that work offline: {', '.join(EMBEDDED)}; or pass a local path.",
     )
     _check_config(name)
-    return _finish(*_load_pretrained(name), dtype)
+    return _finish(*_load_pretrained(name, dtype), dtype)
 
 
 # ---------------------------------------------------------------- tiny random models for tests
