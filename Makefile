@@ -52,7 +52,7 @@ $(STAMP): $(SETUP_INPUTS)
 reproduce: setup notebooks
 
 # The larger runs behind results/{eval,pruning,w8a8,outliers,distill} (hours on 2 cores):
-# full-split perplexity, 128 calibration windows, and the recovery experiment's full protocol
+# full-split perplexity, 128 calibration windows (also for the OWL / RIA / DSnoT grid), and the recovery experiment's full protocol
 # (RecoveryConfig.experiments: 50/60/70/80%, three seeds, 600-step caps to a dev plateau,
 # 200 test items per point). Interrupted, it resumes from its last training checkpoint.
 EXPERIMENT_DISTILL_ARGS ?= --size experiments
@@ -60,6 +60,8 @@ experiments: setup
 	$(BIN)/python -m workbench eval --model smollm2-135m --tasks ppl,arith
 	$(BIN)/python -m workbench prune --methods sparsegpt,wanda,magnitude --sparsities 0.5 \
 		--structures unstructured,2:4 --tasks ppl --name smollm2-135m-50
+	$(BIN)/python -m workbench prune --methods sparsegpt,wanda,ria --sparsities 0.5,0.6,0.7,0.8 \
+		--layer-sparsities uniform,owl --refines none,dsnot --tasks ppl --name smollm2-135m-variants
 	$(BIN)/python -m workbench quant --sparsities 0,0.5 --max-windows 16
 	$(BIN)/python -m workbench outliers --measure --measure-samples 2 --nsamples 32
 	$(BIN)/python -m workbench distill $(EXPERIMENT_DISTILL_ARGS)

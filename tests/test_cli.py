@@ -105,6 +105,23 @@ def test_cli_and_library_share_one_record_per_point(checkpoint, tmp_path, monkey
 def test_prune_rejects_bad_grid(checkpoint, capsys):
     assert cli.main(["prune", "--model", str(checkpoint), "--methods", "obs"]) == 2
     assert "method" in capsys.readouterr().err
+    assert cli.main(["prune", "--model", str(checkpoint), "--refines", "grow"]) == 2
+    assert "refine" in capsys.readouterr().err
+
+
+def test_prune_grid_of_variants(checkpoint, tmp_path):
+    """--layer-sparsities x --refines multiply the grid; OWL is skipped for N:M."""
+    args = ["prune", "--model", str(checkpoint), "--methods", "ria", "--sparsities", "0.6",
+            "--structures", "unstructured,2:4", "--layer-sparsities", "uniform,owl",
+            "--refines", "none,dsnot", "--quick", "--nsamples", "4", "--seqlen", "64",
+            "--name", "variants", "--results", str(tmp_path / "results")]
+    assert cli.main(args) == 0
+    rows = json.loads((tmp_path / "results" / "pruning" / "variants-quick.json").read_text())["rows"]
+    got = [(r["structure"], r["layer_sparsity"], r["refine"]) for r in rows[1:]]
+    assert got == [("unstructured", "uniform", "none"), ("unstructured", "uniform", "dsnot"),
+                   ("unstructured", "owl", "none"), ("unstructured", "owl", "dsnot"),
+                   ("2:4", "uniform", "none"), ("2:4", "uniform", "dsnot")]
+    assert all(abs(r["sparsity"] - 0.6) < 1e-3 for r in rows[1:5])
 
 
 def test_quant_table(checkpoint, tmp_path):

@@ -16,7 +16,8 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 EXPECTED = {
     "01_activation_ranges": (["activation_ranges_top10", "activation_ranges_heatmap",
                               "outlier_sensitivity"], ["outlier_rankings"]),
-    "02_pruning_sweep": (["sparsity_vs_accuracy"], ["sparsity_sweep"]),
+    "02_pruning_sweep": (["sparsity_vs_accuracy", "sparsity_variants"],
+                         ["sparsity_sweep", "sparsity_variants"]),
     "03_sparse_finetuning": (["recovery_vs_sparsity", "recovery_training_curves"], ["recovery"]),
     "04_smoothing_int8": (["w8a8_smoothing", "selective_quantization"],
                           ["w8a8_smoothing", "selective_quantization"]),

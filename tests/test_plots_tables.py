@@ -65,7 +65,8 @@ def test_style_is_colour_blind_safe_and_embeds_truetype():
 
 def test_method_colors_are_stable_distinct_and_safe():
     assert len(set(plots.METHOD_COLORS.values())) == len(plots.METHOD_COLORS)
-    assert set(plots.METHOD_COLORS.values()) <= {c.upper() for c in OKABE_ITO} | {"#999999"}
+    # outside Okabe-Ito: grey (torch INT8) and Tol's wine (RIA), the palette being used up
+    assert set(plots.METHOD_COLORS.values()) <= {c.upper() for c in OKABE_ITO} | {"#999999", "#882255"}
     for name in ("sparsegpt", "wanda", "magnitude", "dense", "squarehead", "ce", "torch-int8",
                  "llama.cpp", "ours"):
         assert name in plots.METHOD_COLORS
@@ -276,3 +277,49 @@ def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         tables.save_table(_frame(), "t", results_dir=tmp_path, provenance=PROV)
     assert _all_files(tmp_path) == []
+
+
+def _variant_sweep():
+    rows = [{"method": "dense", "layer_sparsity": "-", "refine": "-", "target": 0.0,
+             "sparsity": 0.0, "ppl": 10.0}]
+    for method in ("sparsegpt", "ria"):
+        for (ls, rf), bump in zip((("uniform", "none"), ("owl", "none"), ("uniform", "dsnot"),
+                                   ("owl", "dsnot")), (4.0, 3.0, 2.0, 1.0), strict=True):
+            for target in (0.5, 0.7):
+                rows.append({"method": method, "layer_sparsity": ls, "refine": rf,
+                             "target": target, "sparsity": target, "ppl": 10 + bump * target * 10})
+    return pd.DataFrame(rows)
+
+
+def test_variant_curves_draw_a_line_per_variant_in_each_method_panel():
+    from workbench.pruning import variant_label
+
+    fig, axes = plt.subplots(1, 2)
+    plots.variant_curves(list(axes), _variant_sweep(), "ppl")
+    for ax, method in zip(axes, ("sparsegpt", "ria"), strict=True):
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert labels == ["dense", "uniform", "OWL", "DSnoT", "OWL + DSnoT"]
+        assert ax.get_title() == method and ax.get_yscale() == "log"
+        assert {to_hex(line.get_color()) for line in ax.get_lines()[1:]} == {plots.method_color(method).lower()}
+    assert variant_label("owl", "dsnot") == "OWL + DSnoT" and variant_label("uniform", "none") == "uniform"
+    with pytest.raises(ValueError, match="2 methods need as many axes"):
+        plots.variant_curves([axes[0]], _variant_sweep(), "ppl")
+    plt.close(fig)
+
+
+def test_published_numbers_sit_beside_the_matching_settings_only():
+    from workbench.published import PUBLISHED_PPL, beside_published
+
+    frame = _variant_sweep()
+    frame.loc[frame.method == "ria", "method"] = "wanda"
+    out = beside_published(frame)
+    assert len(out) == len(frame) - 1                    # one row per point, dense dropped
+    hit = out[(out.method == "wanda") & (out.layer_sparsity == "owl") & (out.refine == "none")
+              & (out.target == 0.7)]
+    assert float(hit.paper_ppl.iloc[0]) == 24.55 and hit.paper.iloc[0] == "OWL README"
+    assert float(hit.paper_vs_dense.iloc[0]) == pytest.approx(24.55 / 5.68)
+    assert float(hit.ppl_vs_dense.iloc[0]) == pytest.approx(float(hit.ppl.iloc[0]) / 10.0)
+    assert out[out.refine == "dsnot"].paper_ppl.isna().all()   # no paper quoted for DSnoT
+    # sparsegpt and wanda x uniform and OWL at 70% (OWL), sparsegpt and wanda at 50% (RIA)
+    assert out.paper_ppl.notna().sum() == 4 + 2
+    assert len(PUBLISHED_PPL) == 7

@@ -124,11 +124,17 @@ def cmd_prune(args) -> int:
         for structure in args.structures.split(","):
             levels = [0.0] if structure != "unstructured" else [float(x) for x in args.sparsities.split(",")]
             for sparsity in levels:
-                try:
-                    grid.append(PruneConfig(method=method.strip(), sparsity=sparsity,
-                                            structure=structure.strip()))
-                except ValueError as err:
-                    raise UsageError(str(err)) from None
+                for layer_sparsity in args.layer_sparsities.split(","):
+                    for refine in args.refines.split(","):
+                        if layer_sparsity.strip() == "owl" and structure.strip() != "unstructured":
+                            continue                 # OWL sets unstructured sparsities only
+                        try:
+                            grid.append(PruneConfig(method=method.strip(), sparsity=sparsity,
+                                                    structure=structure.strip(),
+                                                    layer_sparsity=layer_sparsity.strip(),
+                                                    refine=refine.strip()))
+                        except ValueError as err:
+                            raise UsageError(str(err)) from None
     store = cache.ResultCache()
     base = load_model(args.model)
     calib = data.calibration_set(base[1], "pydoc", nsamples=nsamples, seqlen=args.seqlen)
@@ -404,9 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
     pr = sub.add_parser("prune", help="prune with a grid of configs and evaluate each point")
     pr.add_argument("--model", default="smollm2-135m")
-    pr.add_argument("--methods", default="sparsegpt,wanda,magnitude")
+    pr.add_argument("--methods", default="sparsegpt,wanda,magnitude", help="comma list: sparsegpt, wanda, magnitude, ria")
     pr.add_argument("--sparsities", default="0.5", help="comma list, for unstructured")
     pr.add_argument("--structures", default="unstructured", help="comma list: unstructured, 2:4, 4:8")
+    pr.add_argument("--layer-sparsities", default="uniform",
+                    help="comma list: uniform, owl (OWL's per-block sparsities)")
+    pr.add_argument("--refines", default="none", help="comma list: none, dsnot")
     pr.add_argument("--tasks", default="ppl")
     pr.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     pr.add_argument("--seqlen", type=int, default=512)

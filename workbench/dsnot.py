@@ -14,8 +14,9 @@ e_i = Σ_j (W_ij − Ŵ_ij) · E[X_j], the shift of output i's mean caused by pr
 The paper stops a row when e_i would change sign or gets small. We accept a swap only when it
 lowers the row's true layer-wise error ||(W_i − Ŵ_i) X||² = d_iᵀ H d_i (H = 2/n X Xᵀ, SparseGPT's
 Hessian), and stop the row at the first swap that would not: the refinement never raises a
-layer's reconstruction error, for any initial mask. A grown weight gets its dense value back
-(after SparseGPT, the kept weights keep their OBS-updated values).
+layer's reconstruction error, for any initial mask. A grown weight gets its dense value back.
+After SparseGPT the kept weights keep their OBS-updated values; DSnoT's reference instead
+starts from SparseGPT's saliency mask on the original weights (no update), a different point.
 
     W_new, mask_new, swaps = dsnot_refine(W_dense, W_pruned, mask, H, mean, iters=50)
 """

@@ -43,6 +43,7 @@ METHOD_COLORS = {
     "sparsegpt": "#0072B2",
     "wanda": "#E69F00",
     "magnitude": "#56B4E9",
+    "ria": "#882255",          # outside Okabe-Ito (Tol's wine): the palette has no colour left
     "squarehead": "#009E73",
     "ce": "#CC79A7",
     "torch-int8": "#999999",
@@ -177,6 +178,46 @@ def sparsity_curves(ax: Axes, frame, metric: str, ylabel: str | None = None,
     ax.set_xlabel("sparsity")
     ax.set_ylabel(ylabel or metric)
     return ax
+
+
+VARIANT_STYLE = {   # (layer sparsity, refinement) variant -> line style, marker
+    "uniform": ("-", "o"),
+    "OWL": ("--", "s"),
+    "DSnoT": (":", "^"),
+    "OWL + DSnoT": ("-.", "D"),
+}
+
+
+def variant_curves(axes, frame, metric: str = "ppl", ylabel: str | None = None,
+                   logy: bool = True):
+    """One panel per method of a variant sweep (sweep.variant_grid's rows: method,
+    layer_sparsity, refine, sparsity, metric): a line per variant (uniform, OWL, DSnoT,
+    OWL + DSnoT) in the method's colour, told apart by line style and marker; the dense value
+    dashed black in every panel. axes: one Axes per method, in frame order. Returns axes."""
+    from workbench.pruning import variant_label
+
+    dense = frame[frame["method"] == "dense"]
+    methods = list(dict.fromkeys(frame.loc[frame["method"] != "dense", "method"]))
+    if len(axes) < len(methods):
+        raise ValueError(f"{len(methods)} methods need as many axes, got {len(axes)}")
+    for ax, method in zip(axes, methods, strict=False):   # spare axes stay empty
+        part = frame[frame["method"] == method].copy()
+        part["variant"] = [variant_label(a, b) for a, b in
+                           zip(part["layer_sparsity"], part["refine"], strict=True)]
+        if len(dense):
+            ax.axhline(float(dense[metric].iloc[0]), color=method_color("dense"), ls="--", lw=0.8,
+                       label="dense")
+        for variant, (ls, marker) in VARIANT_STYLE.items():
+            line = part[part["variant"] == variant].sort_values("sparsity")
+            if len(line):
+                ax.plot(line["sparsity"], line[metric], ls=ls, marker=marker, ms=3,
+                        color=method_color(method), label=variant)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(method, fontsize="small")
+        ax.set_xlabel("sparsity")
+    axes[0].set_ylabel(ylabel or metric)
+    return axes
 
 
 # ---------------------------------------------------------------- the recovery experiment

@@ -245,20 +245,32 @@ class SweepConfig:
         "arith": {"kind": "one_step", "n": 16, "fewshot": 3}})
     # N:M structures are run for these methods only (all when None)
     structure_methods: tuple[str, ...] | None = ("sparsegpt", "wanda")
+    # Beyond the paper: each method uniform and with OWL's layer sparsities, each with and
+    # without DSnoT, at these sparsities; scored on beyond_tasks (perplexity: the papers' metric)
+    beyond_methods: tuple[str, ...] = ("sparsegpt", "wanda", "ria")
+    beyond_levels: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
+    beyond_tasks: dict = field(default_factory=lambda: {"ppl": {"seqlen": 512, "max_windows": 8}})
 
     @classmethod
     def quick(cls) -> SweepConfig:
         """Minutes on a fresh cache: SparseGPT and magnitude at 50%, magnitude 2:4, 4
-        perplexity windows and 8 arith items."""
+        perplexity windows and 8 arith items; beyond the paper, magnitude at 50% in its four
+        variants."""
         return cls(levels={"sparsegpt": [0.5], "magnitude": [0.5]},
                    structures=("2:4",), structure_methods=("magnitude",), nsamples=8,
                    tasks={"ppl": {"seqlen": 512, "max_windows": 4},
-                          "arith": {"kind": "one_step", "n": 8, "fewshot": 3}})
+                          "arith": {"kind": "one_step", "n": 8, "fewshot": 3}},
+                   beyond_methods=("magnitude",), beyond_levels=(0.5,),
+                   beyond_tasks={"ppl": {"seqlen": 512, "max_windows": 4}})
 
     def grid(self) -> list[PruneConfig]:
         grid = prune_grid(self.levels)
         methods = self.structure_methods or tuple(self.levels)
         return grid + prune_grid({m: [] for m in methods}, self.structures)
+
+    def beyond_grid(self) -> list[PruneConfig]:
+        """Every beyond_method x beyond_level x {uniform, OWL} x {no refinement, DSnoT}."""
+        return variant_grid(self.beyond_methods, self.beyond_levels)
 
     def calibration(self, tokenizer) -> torch.Tensor:
         from workbench import data
@@ -268,7 +280,9 @@ class SweepConfig:
     def to_dict(self) -> dict:
         return {"levels": self.levels, "structures": list(self.structures),
                 "structure_methods": list(self.structure_methods or self.levels),
-                "nsamples": self.nsamples, "seqlen": self.seqlen, "tasks": self.tasks}
+                "nsamples": self.nsamples, "seqlen": self.seqlen, "tasks": self.tasks,
+                "beyond_methods": list(self.beyond_methods),
+                "beyond_levels": list(self.beyond_levels), "beyond_tasks": self.beyond_tasks}
 
 
 def prune_grid(levels: dict[str, list[float]], structures=()) -> list[PruneConfig]:
@@ -278,6 +292,16 @@ def prune_grid(levels: dict[str, list[float]], structures=()) -> list[PruneConfi
     grid = [PruneConfig(method=m, sparsity=float(s)) for m, ss in levels.items() for s in ss if s]
     grid += [PruneConfig(method=m, structure=st) for m in levels for st in structures]
     return grid
+
+
+VARIANTS = (("uniform", "none"), ("owl", "none"), ("uniform", "dsnot"), ("owl", "dsnot"))
+
+
+def variant_grid(methods, levels, variants=VARIANTS) -> list[PruneConfig]:
+    """PruneConfigs of each method at each unstructured level in each (layer_sparsity, refine)
+    variant: uniform, OWL, DSnoT, OWL + DSnoT by default."""
+    return [PruneConfig(method=m, sparsity=float(s), layer_sparsity=ls, refine=rf)
+            for m in methods for s in levels for ls, rf in variants]
 
 
 def _scored_model(model_name: str, config: PruneConfig | None, calib: torch.Tensor,
@@ -323,6 +347,8 @@ def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor
     record = store.get_or_compute(spec, compute, model_fp=base_fp, data_fp=calib_fp)
     row = {"method": config.method if config else "dense",
            "structure": config.structure if config else "-",
+           "layer_sparsity": config.layer_sparsity if config else "-",
+           "refine": config.refine if config else "-",
            "target": config.sparsity if config else 0.0, "sparsity": record["sparsity"],
            "quant": "int8" if quant is not None else "fp32", **record["metrics"],
            "prune_s": record["prune_s"], "mean_rel_error": record["mean_rel_error"]}
