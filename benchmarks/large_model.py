@@ -8,8 +8,9 @@ Hugging Face checkpoint under --dir: the numbers are memory and time, never accu
 stage runs in its own process so its peak RSS (ru_maxrss) is its own:
 
     in-memory   load_model(path, dtype=torch.bfloat16) -> prune_ (blocks in FP32 one at a time)
+                -> runtime.pack -> 32 greedy tokens on the native engine
     streamed    streaming.prune_checkpoint(path -> path-pruned): blocks read from disk one at a time
-    decode      load_model(pruned, bf16) -> runtime.pack -> 32 greedy tokens on the native engine
+    decode      load_model(the streamed output, bf16) -> runtime.pack -> 32 greedy tokens
 
 Calibration: --nsamples x --seqlen random token ids (16 x 512 by default). Rows go to
 results/large_models/<shape>.{csv,md,json}; a stage already recorded for the same settings is
@@ -54,32 +55,35 @@ def run_stage(stage: str, path: Path, method: str, sparsity: float, nsamples: in
     pruned_dir = path.with_name(path.name + f"-{method}-{int(sparsity * 100)}")
     row = {"stage": stage, "method": method, "sparsity": sparsity,
            "calib": f"{nsamples} x {seqlen}", "weights": "random"}
-    t0 = time.perf_counter()
-    if stage == "in-memory":
-        model, _ = load_model(path, dtype=torch.bfloat16)
-        row["load_s"] = time.perf_counter() - t0
-        calib = _calib(nsamples, seqlen, model.config.vocab_size)
-        report = prune_(model, calib, config)
-        row.update(prune_s=report.seconds, reached=report.sparsity)
-    elif stage == "streamed":
-        from transformers import AutoConfig
-
-        vocab = AutoConfig.from_pretrained(str(path)).vocab_size
-        report = streaming.prune_checkpoint(path, _calib(nsamples, seqlen, vocab), config, pruned_dir)
-        row.update(prune_s=report.seconds, reached=report.sparsity)
-    elif stage == "decode":
-        model, _ = load_model(pruned_dir, dtype=torch.bfloat16)
-        row["load_s"] = time.perf_counter() - t0
+    def pack_and_decode(model) -> None:
         t1 = time.perf_counter()
         packed = runtime.pack(model)
         row["pack_s"] = time.perf_counter() - t1
-        del model
         prompt = _calib(1, 16, 256)
         packed.generate(prompt, max_new_tokens=4)                          # warm-up
         t2 = time.perf_counter()
         out = packed.generate(prompt, max_new_tokens=32)
         row["decode_tok_s"] = (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - t2)
         row["packed_mb"] = packed.nbytes / 2 ** 20
+
+    t0 = time.perf_counter()
+    if stage == "in-memory":                       # load -> prune -> pack -> decode
+        model, _ = load_model(path, dtype=torch.bfloat16)
+        row["load_s"] = time.perf_counter() - t0
+        calib = _calib(nsamples, seqlen, model.config.vocab_size)
+        report = prune_(model, calib, config)
+        row.update(prune_s=report.seconds, reached=report.sparsity)
+        pack_and_decode(model)
+    elif stage == "streamed":                      # disk -> prune block by block -> disk
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(str(path)).vocab_size
+        report = streaming.prune_checkpoint(path, _calib(nsamples, seqlen, vocab), config, pruned_dir)
+        row.update(prune_s=report.seconds, reached=report.sparsity)
+    elif stage == "decode":                        # the streamed output -> pack -> decode
+        model, _ = load_model(pruned_dir, dtype=torch.bfloat16)
+        row["load_s"] = time.perf_counter() - t0
+        pack_and_decode(model)
     else:
         raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
     row["total_s"] = time.perf_counter() - t0
@@ -122,10 +126,9 @@ def main() -> int:
             print(f"{stage}: recorded, skipped (--force reruns)")
             continue
         cmd = [sys.executable, __file__, "--stage-only", stage, *sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)    # progress on stderr
         found = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
         if proc.returncode or not found:
-            sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
         row = {"shape": args.shape, **json.loads(found[0]),
                "machine_gb": available_memory() / 2 ** 30}
