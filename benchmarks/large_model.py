@@ -134,13 +134,17 @@ def main() -> int:
                "machine_gb": available_memory() / 2 ** 30}
         rows = [r for r in rows if not all(r.get(k) == v for k, v in key.items())] + [row]
         print(row, flush=True)
-    frame = pd.DataFrame(rows)
-    cache.write_text_atomic(out / f"{args.shape}.csv", frame.to_csv(index=False))
-    cache.write_text_atomic(out / f"{args.shape}.md", "Random-weight shape model (memory and "
-                            "time only).\n\n" + frame.to_markdown(index=False, floatfmt=".3g") + "\n")
-    cache.write_json_atomic(record, {"shape": args.shape, "weights": "random", "rows": rows,
-                                     "provenance": cache.provenance()})
+        _write(out, args.shape, rows)                 # after every stage: a kill keeps the rest
     return 0
+
+
+def _write(out: Path, shape: str, rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    cache.write_text_atomic(out / f"{shape}.csv", frame.to_csv(index=False))
+    cache.write_text_atomic(out / f"{shape}.md", "Random-weight shape model (memory and time "
+                            "only).\n\n" + frame.to_markdown(index=False, floatfmt=".3g") + "\n")
+    cache.write_json_atomic(out / f"{shape}.json", {"shape": shape, "weights": "random",
+                                                    "rows": rows, "provenance": cache.provenance()})
 
 
 if __name__ == "__main__":
