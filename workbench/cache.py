@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -139,6 +140,32 @@ def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
     # Serialized before the temp file exists: an unserializable object leaves no trace.
     text = json.dumps(obj, sort_keys=True, indent=indent, default=_json_default)
     return write_text_atomic(path, text + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path):
+    """Build a directory in a temp dir beside target (yielded), then swap it in for target on
+    success: a failure leaves the old target (or none), never a half-written one. The swap is
+    two renames, so a crash between them can leave no target, never a partial one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)                       # mkdtemp makes it 0700
+        if target.exists() or target.is_symlink():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- fingerprints

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench import recipe
 from workbench.arch import get_arch
 from workbench.data import Task
 from workbench.finetune import as_examples, dev_evaluator, lm_forward, lm_loss
@@ -162,7 +163,9 @@ def distill_(student: nn.Module, teacher: nn.Module, data, config: DistillConfig
     was_training = teacher.training
     teacher.eval()
     try:
-        return train_loop(student, examples, config, loss_fn, evaluator=evaluator,
-                          desc="squarehead", report_cls=DistillReport)
+        report = train_loop(student, examples, config, loss_fn, evaluator=evaluator,
+                            desc="squarehead", report_cls=DistillReport)
     finally:
         teacher.train(was_training)
+    recipe.record(student, "distill", config.to_dict())
+    return report

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench import recipe
 from workbench.arch import backbone, lm_head
 from workbench.data import Task, check_calib
 from workbench.evaluate import build_prompt, task_accuracy
@@ -185,4 +186,6 @@ def finetune_(model: nn.Module, data, config: SFTConfig | None = None, *,
         ce = lm_loss(model, out, batch["labels"])
         return ce, {"ce": ce.item()}
 
-    return train_loop(model, examples, config, loss_fn, evaluator=evaluator, desc="sft")
+    report = train_loop(model, examples, config, loss_fn, evaluator=evaluator, desc="sft")
+    recipe.record(model, "sft", config.to_dict())
+    return report

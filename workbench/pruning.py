@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench import recipe
 from workbench.arch import decoder_layers, get_arch
 from workbench.baselines import magnitude_prune, ria_prune, wanda_prune
 from workbench.data import check_calib
@@ -399,6 +400,7 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - start
+    recipe.record(model, "prune", config.to_dict())
     return report
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench import recipe
 from workbench.arch import layer_linears
 
 QMAX = 127  # symmetric INT8: -128 is never used, so q and -q are both representable
@@ -281,6 +282,7 @@ def quantize_(model: nn.Module, config: QuantConfig = QuantConfig(), plan=None,
         parent, _, child = name.rpartition(".")
         qlinear = W8A8Linear.from_float(linears[name], config, static_scales.get(name))
         setattr(model.get_submodule(parent), child, qlinear)
+    recipe.record(model, "quantize", {**config.to_dict(), "kept_fp32": sorted(keep_set)})
     return QuantReport(
         quantized=targets, kept_fp32=[n for n in linears if n in keep_set],
         config=config.to_dict(), static_scales=static_scales,

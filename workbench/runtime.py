@@ -28,8 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench import kernels, llama
+from workbench import kernels, llama, packed_io, recipe
 from workbench.arch import get_arch, layer_linears
+from workbench.blocks import (
+    FUSED,
+    LONG_NAMES,
+    SHORT_NAMES,
+    DecoderBlock,
+    Fp32Linear,
+    FusedLinear,
+    copy_fp32,
+    describe,
+)
 from workbench.kernels import SparseInt8Linear
 from workbench.llama import KVCache, check_count, check_ids, llama_dims, rms_norm
 from workbench.packing import FORMATS
@@ -37,152 +47,6 @@ from workbench.quant import plan_names
 
 LM_HEAD_MODES = ("int8", "fp32")
 ENGINES = ("native", "torch")
-_SHORT = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj", "self_attn.v_proj": "v_proj",
-          "self_attn.o_proj": "o_proj", "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj",
-          "mlp.down_proj": "down_proj"}
-
-
-def _copy(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A float32 CPU snapshot, never sharing storage with the source model."""
-    return None if t is None else t.detach().to("cpu", torch.float32, copy=True)
-
-
-class Fp32Linear(nn.Module):
-    """y = x W^T + b with torch's FP32 GEMM, on a copy of the source weights."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.register_buffer("weight", _copy(linear.weight))
-        self.register_buffer("bias", _copy(linear.bias))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, fp32"
-
-
-# Linears that read the same input are packed as one stacked layer: one kernel call and one
-# activation quantization instead of three (two). Per-output-row weight scales and per-token
-# activation scales make the stacked layer compute exactly what its parts compute.
-FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
-_LONG = {short: long for long, short in _SHORT.items()}
-
-
-def _stacked(linears: list[nn.Linear]) -> nn.Linear:
-    """One nn.Linear whose output rows are the given linears' rows, in order."""
-    weight = torch.cat([lin.weight.detach() for lin in linears])
-    biases = [lin.bias for lin in linears]
-    with torch.device("meta"):          # no initialization of weights replaced right away
-        out = nn.Linear(weight.shape[1], weight.shape[0], bias=biases[0] is not None)
-    with torch.no_grad():
-        out.weight = nn.Parameter(weight, requires_grad=False)
-        if out.bias is not None:
-            out.bias = nn.Parameter(torch.cat([b.detach() for b in biases]), requires_grad=False)
-    return out
-
-
-class FusedLinear(nn.Module):
-    """Several linears stacked by output rows (FUSED). forward(x) returns the parts' outputs
-    concatenated on the last dimension; parts: ((short name, out_features), ...)."""
-
-    def __init__(self, inner: nn.Module, parts):
-        super().__init__()
-        self.inner, self.parts = inner, tuple(parts)
-        self.sizes = [n for _, n in self.parts]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-    def describe_parts(self) -> list[tuple[str, dict]]:
-        """(short name, _describe row) per part, bytes and density of the part's own rows."""
-        rows, start = [], 0
-        for short, n in self.parts:
-            rows.append((short, _describe(self.inner, start, start + n)))
-            start += n
-        return rows
-
-    def extra_repr(self) -> str:
-        return "+".join(short for short, _ in self.parts)
-
-
-def _fast(module: nn.Module):
-    """The call the hot loop makes for a linear on a contiguous 2-D float32 input."""
-    inner = module.inner if isinstance(module, FusedLinear) else module
-    if isinstance(inner, SparseInt8Linear):
-        return inner.run2d
-    weight, bias = inner.weight, inner.bias
-    return lambda x: F.linear(x, weight, bias)
-
-
-class DecoderBlock(nn.Module):
-    """One decoder layer's weights: two RMSNorm gains and seven linears, q/k/v and gate/up
-    stacked (FUSED) unless can_fuse(names) says its parts are packed differently."""
-
-    def __init__(self, layer: nn.Module, make_linear, can_fuse=lambda names: True):
-        super().__init__()
-        self.register_buffer("input_norm", _copy(layer.input_layernorm.weight))
-        self.register_buffer("post_norm", _copy(layer.post_attention_layernorm.weight))
-        done = set()
-        for group, shorts in FUSED.items():
-            longs = [_LONG[sh] for sh in shorts]
-            if can_fuse(longs):
-                linears = [layer.get_submodule(long) for long in longs]
-                fused = make_linear(longs[0], _stacked(linears))
-                setattr(self, group, FusedLinear(fused, [(sh, lin.out_features)
-                                                         for sh, lin in zip(shorts, linears, strict=True)]))
-                done.update(shorts)
-        for long, short in _SHORT.items():
-            if short not in done:
-                setattr(self, short, make_linear(long, layer.get_submodule(long)))
-
-    def linears(self) -> list[tuple[str, nn.Module]]:
-        """(long name, module) per packed module, a fused group named by its parts."""
-        out = []
-        for long, short in _SHORT.items():
-            if hasattr(self, short):
-                out.append((long, getattr(self, short)))
-            else:
-                group = next(g for g, shorts in FUSED.items() if short in shorts)
-                if short == FUSED[group][0]:
-                    out.append(("+".join(_LONG[sh] for sh in FUSED[group]), getattr(self, group)))
-        return out
-
-    def hot(self):
-        """The per-layer callables of the hot loop: input norm, x -> (q, k, v), o, post
-        norm, x -> (gate, up), down; every linear on a contiguous [tokens, features] input."""
-        def split(group, shorts):
-            if hasattr(self, group):
-                run, sizes = _fast(getattr(self, group)), getattr(self, group).sizes
-                return lambda x: run(x).split(sizes, -1)
-            runs = [_fast(getattr(self, sh)) for sh in shorts]
-            return lambda x: [r(x) for r in runs]
-        return (self.input_norm, split("qkv", FUSED["qkv"]), _fast(self.o_proj), self.post_norm,
-                split("gate_up", FUSED["gate_up"]), _fast(self.down_proj))
-
-
-def _describe(module: nn.Module, start: int = 0, stop: int | None = None) -> dict:
-    """kind, shape, density (nonzero fraction) and bytes a forward streams of one linear, or
-    of its output rows start..stop-1 (a part of a stacked layer)."""
-    if isinstance(module, SparseInt8Linear):
-        p = module.packed
-        kind = "int8-sparse" if p.sparse else "int8-dense"
-        if stop is None:
-            out_f, in_f, density, nbytes = p.out_features, p.in_features, p.density, p.nbytes
-        else:
-            nnz, nbytes = p.row_stats(start, stop)
-            out_f, in_f = stop - start, p.in_features
-            density = nnz / max(out_f * in_f, 1)
-    else:
-        w, b = module.weight[start:stop], module.bias
-        b = None if b is None else b[start:stop]
-        kind, (out_f, in_f) = "fp32", w.shape
-        density = float(torch.count_nonzero(w)) / max(w.numel(), 1)
-        nbytes = w.nbytes + (0 if b is None else b.nbytes)
-    return dict(kind=kind, out_features=out_f, in_features=in_f, density=density, nbytes=nbytes,
-                bytes_per_weight=nbytes / max(out_f * in_f, 1))
-
-
 class PackedModel(nn.Module):
     """A Llama-family decoder built from a Hugging Face model's weights (the source is never
     modified), with its own generation loop. Build with `pack` or `PackedModel.from_fp32`."""
@@ -190,33 +54,54 @@ class PackedModel(nn.Module):
     def __init__(self, model: nn.Module, make_linear, lm_head: str, can_fuse=lambda names: True,
                  engine: str = "native", n_threads: int | None = None):
         super().__init__()
+        spec = get_arch(model)
+        layers = model.get_submodule(spec.layers)
+        blocks = [DecoderBlock(layer, lambda name, lin, i=i: make_linear(f"{spec.layers}.{i}.{name}", lin),
+                               lambda names, i=i: can_fuse([f"{spec.layers}.{i}.{n}" for n in names]))
+                  for i, layer in enumerate(layers)]
+        head, embed = model.get_submodule(spec.lm_head), model.get_submodule(spec.embed)
+        self._assemble(model.config, copy_fp32(embed.weight),
+                       copy_fp32(model.get_submodule(spec.final_norm).weight), blocks,
+                       make_linear(spec.lm_head, head) if lm_head == "int8" else Fp32Linear(head),
+                       tied=head.weight.data_ptr() == embed.weight.data_ptr(),
+                       names=(spec.layers, spec.lm_head), engine=engine, n_threads=n_threads)
+        self.recipe = recipe.recipe_of(model)
+
+    def _assemble(self, hf_config, embed: torch.Tensor, final_norm: torch.Tensor,
+                  blocks: list[DecoderBlock], lm_head: nn.Module, tied: bool,
+                  names: tuple[str, str], engine: str, n_threads: int | None) -> None:
+        """Set up the model from its parts (built from a source model, or loaded)."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.engine = engine
         self.n_threads = None if n_threads is None else kernels.check_threads(n_threads)
         self._native_engine = None                 # built on first use (_native)
         self._profile = None                       # seconds per engine step, see profile()
-        self.dims = llama_dims(model.config)
-        spec = get_arch(model)
-        self.register_buffer("embed", _copy(model.get_submodule(spec.embed).weight))
-        self.register_buffer("final_norm", _copy(model.get_submodule(spec.final_norm).weight))
-        cos, sin = llama.rope_tables(model.config, self.dims)
+        self.hf_config = hf_config
+        self.dims = llama_dims(hf_config)
+        self.register_buffer("embed", embed)
+        self.register_buffer("final_norm", final_norm)
+        cos, sin = llama.rope_tables(hf_config, self.dims)
         self.register_buffer("cos", cos, persistent=False)         # [max_positions, head_dim]
         self.register_buffer("sin", sin, persistent=False)
-        layers = model.get_submodule(spec.layers)
-        self.layers = nn.ModuleList(
-            DecoderBlock(layer, lambda name, lin, i=i: make_linear(f"{spec.layers}.{i}.{name}", lin),
-                         lambda names, i=i: can_fuse([f"{spec.layers}.{i}.{n}" for n in names]))
-            for i, layer in enumerate(layers))
-        head, embed = model.get_submodule(spec.lm_head), model.get_submodule(spec.embed)
-        self.tied = head.weight.data_ptr() == embed.weight.data_ptr()
-        self._names = (spec.layers, spec.lm_head)
-        self.lm_head = make_linear(spec.lm_head, head) if lm_head == "int8" else Fp32Linear(head)
+        self.layers = nn.ModuleList(blocks)
+        self.tied = tied
+        self._names = names
+        self.lm_head = lm_head
         self._cache: KVCache | None = None
         # the hot loop reads plain tuples of tensors and kernel calls, not module attributes
         self._hot = [b.hot() for b in self.layers]
         self._head = self.lm_head.forward
         self.eval()
+
+    def save(self, path, tokenizer=None, recipe: list[dict] | None = None):
+        """Write this model as a packed directory (workbench.packed_io) at path, replacing one
+        there; tokenizer: saved beside it; recipe: the steps that made it (default: those
+        recorded on the source model, then this pack). Returns the path."""
+        return packed_io.save(path, hf_config=self.hf_config, embed=self.embed,
+                              final_norm=self.final_norm, blocks=list(self.layers),
+                              lm_head=self.lm_head, tied=self.tied, names=self._names,
+                              tokenizer=tokenizer, recipe=self.recipe if recipe is None else recipe)
 
     @classmethod
     def from_fp32(cls, model: nn.Module, engine: str = "native",
@@ -247,7 +132,7 @@ class PackedModel(nn.Module):
                 return [spec(getattr(block, short)) for short in FUSED[name]]
 
             d = self.dims
-            inter = _describe(self.layers[0].down_proj)["in_features"]
+            inter = describe(self.layers[0].down_proj)["in_features"]
             layers = [(b.input_norm.numpy(), b.post_norm.numpy(), group(b, "qkv"), spec(b.o_proj),
                        group(b, "gate_up"), spec(b.down_proj)) for b in self.layers]
             dims = (d.n_layers, d.hidden, d.n_heads, d.n_kv_heads, d.head_dim, inter, d.vocab,
@@ -303,15 +188,15 @@ class PackedModel(nn.Module):
         layers_path, head_name = self._names
         rows = []
         for i, block in enumerate(self.layers):
-            for long, short in _SHORT.items():
+            for long, short in SHORT_NAMES.items():
                 group = next((g for g, shorts in FUSED.items() if short in shorts), None)
                 if hasattr(block, short) or group is None or not hasattr(block, group):
                     rows.append(dict(name=f"{layers_path}.{i}.{long}", fused=False,
-                                     **_describe(getattr(block, short))))
+                                     **describe(getattr(block, short))))
                 elif short == FUSED[group][0]:
-                    rows += [dict(name=f"{layers_path}.{i}.{_LONG[sh]}", fused=True, **row)
+                    rows += [dict(name=f"{layers_path}.{i}.{LONG_NAMES[sh]}", fused=True, **row)
                              for sh, row in getattr(block, group).describe_parts()]
-        rows.append(dict(name=head_name, fused=False, **_describe(self.lm_head)))
+        rows.append(dict(name=head_name, fused=False, **describe(self.lm_head)))
         return pd.DataFrame(rows)
 
     @property
@@ -319,10 +204,10 @@ class PackedModel(nn.Module):
         """Weight bytes one decode step reads: every linear, the head and the norms, not the
         embedding table it only indexes (a tied FP32 head reads that matrix as the head)."""
         linears = [m for b in self.layers for _, m in b.linears()]
-        total = sum(_describe(m.inner if isinstance(m, FusedLinear) else m)["nbytes"] for m in linears)
+        total = sum(describe(m.inner if isinstance(m, FusedLinear) else m)["nbytes"] for m in linears)
         norms = self.final_norm.nbytes + sum(b.input_norm.nbytes + b.post_norm.nbytes
                                              for b in self.layers)
-        return total + norms + _describe(self.lm_head)["nbytes"]
+        return total + norms + describe(self.lm_head)["nbytes"]
 
     @property
     def nbytes(self) -> int:
@@ -527,7 +412,26 @@ def pack(model: nn.Module, plan=None, lm_head: str = "int8", format: str = "auto
     def can_fuse(names: list[str]) -> bool:       # parts kept FP32 and parts packed: not stacked
         return len({name in keep for name in names}) == 1
 
-    return PackedModel(model, make_linear, lm_head, can_fuse, engine=engine, n_threads=n_threads)
+    packed = PackedModel(model, make_linear, lm_head, can_fuse, engine=engine, n_threads=n_threads)
+    packed.recipe.append({"step": "pack", "config": {
+        "plan": sorted(keep), "lm_head": lm_head, "format": format,
+        "weights": "per_channel", "activations": "per_token"}})
+    return packed
 
 
-__all__ = ["ENGINES", "FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "pack"]
+def load_packed(path, engine: str = "native", n_threads: int | None = None,
+                verify: bool = True) -> PackedModel:
+    """A PackedModel saved with PackedModel.save: the weights file is memory-mapped and the
+    kernels read it in place, so its logits are bit-identical to the saved model's. verify:
+    check every tensor's CRC32 first (one read of the file). Errors name the file and tensor."""
+    parts = packed_io.load(path, verify=verify)
+    model = PackedModel.__new__(PackedModel)
+    nn.Module.__init__(model)
+    model._assemble(parts["hf_config"], parts["embed"], parts["final_norm"], parts["blocks"],
+                    parts["lm_head"], tied=parts["tied"], names=parts["names"], engine=engine,
+                    n_threads=n_threads)
+    model.recipe = list(parts["recipe"])
+    return model
+
+
+__all__ = ["ENGINES", "FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "load_packed", "pack"]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench import recipe
 from workbench.arch import decoder_layers, get_arch
 
 METHODS = ("smoothquant", "lae")
@@ -175,6 +176,7 @@ def smooth_(model: nn.Module, profile, config: SmoothConfig = SmoothConfig()) ->
     not_smoothable = [f"{spec.layers}.{i}.{n}" for i in range(n_layers)
                       for n in spec.linears if n not in fed]
     lae = config.method == "lae"
+    recipe.record(model, "smooth", config.to_dict())
     return SmoothReport(
         method=config.method, alpha=None if lae else config.alpha,
         lae_statistic=config.lae_statistic if lae else None, groups=groups,
