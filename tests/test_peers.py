@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from workbench import peers
+from workbench.formats.gguf import LAYER_TENSORS
 from workbench.models import tiny_llama, tiny_tokenizer
 
 NOT_INSTALLED = "LLAMA.CPP PEER NOT INSTALLED (make peers): llama.cpp tests skipped"
@@ -81,7 +82,7 @@ def hf_names(config):
     if not config.tie_word_embeddings:
         names["output.weight"] = "lm_head.weight"
     for i in range(config.num_hidden_layers):
-        names.update({f"blk.{i}.{g}": f"model.layers.{i}.{h}" for h, g in peers._LAYER_TENSORS.items()})
+        names.update({f"blk.{i}.{g}": f"model.layers.{i}.{h}" for h, g in LAYER_TENSORS.items()})
     return names
 
 
@@ -222,9 +223,9 @@ def test_metadata_has_the_hyperparameters_and_the_copied_tokenizer(tmp_path, tin
 
 
 def test_bad_qtype_raises_naming_the_options(tmp_path, tiny, tiny_tok_gguf):
-    with pytest.raises(ValueError, match="F32, Q8_0, Q4_0"):
+    with pytest.raises(ValueError, match="F32, F16, Q8_0, Q4_0"):
         peers.export_gguf(tiny[0], tmp_path / "m.gguf", "Q4_K", tiny_tok_gguf)
-    with pytest.raises(ValueError, match="F32, Q8_0, Q4_0"):
+    with pytest.raises(ValueError, match="F32, F16, Q8_0, Q4_0"):
         peers.gguf_for("smollm2-135m", "q8_0")
     assert list(tmp_path.iterdir()) == []
 

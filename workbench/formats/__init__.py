@@ -17,6 +17,8 @@ import importlib
 
 _EXPORTS = {
     "to_hf": "workbench.formats.hf",
+    "to_gguf": "workbench.formats.gguf",
+    "export_gguf": "workbench.formats.gguf",
     "open_model": "workbench.formats.loading",
     "MODEL_KINDS": "workbench.formats.loading",
 }
