@@ -1,11 +1,17 @@
 """`python -m workbench ...`: scripted runs of the workbench steps.
 
     python -m workbench eval --model smollm2-135m --tasks ppl,arith [--quick]
-    python -m workbench distill [--size reproduce|full|experiments] [--quick] [--steps N]
+    python -m workbench prune --methods sparsegpt --sparsities 0.5,0.7 [--save DIR]
+    python -m workbench distill [--size reproduce|full|experiments] [--quick] [--save DIR]
+    python -m workbench generate --model PATH --prompt TEXT [--runtime int8|fp32|hf] [--sample]
+    python -m workbench chat --model PATH [--system TEXT] [--max-new-tokens N]
 
 eval prints a table and writes results/eval/<model>[-quick].{json,md}; distill writes
 results/distill/<model>[-quick].{md,json,csv} and its training curves, dev curves, W8A8
 comparison and seed summary in <...>-{losses,dev,w8a8,summary}.*.
+generate and chat stream tokens to stdout and a prefill / decode tok/s line to stderr; --model
+is a packed directory, a Hugging Face directory, a .gguf file, a compressed-tensors directory
+or the embedded model (workbench.formats.open_model).
 Every result goes through the content-hashed cache, so a re-run with the same model and
 settings is instant.
 """
@@ -152,6 +158,8 @@ def cmd_prune(args) -> int:
         "calib_fingerprint": cache.fingerprint_data(calib), "nsamples": nsamples,
         "seqlen": args.seqlen, "tasks": settings, "rows": rows, "provenance": cache.provenance()})
     print(f"wrote {out_dir / stem}.{{csv,md,json}}")
+    if args.save:
+        _save_pruned(Path(args.save), args.model, grid, calib, store, base)
     return 0
 
 
@@ -317,6 +325,8 @@ def cmd_distill(args) -> int:
         "computed": result.computed})
     for part in ("losses", "dev", "w8a8", "summary"):
         _write_frame(getattr(result, part), out_dir, f"{stem}-{part}", {"model": args.model})
+    if args.save:
+        _save_students(Path(args.save), args.model, model, tok, result, config)
     return 0
 
 
@@ -398,6 +408,160 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# generation.RUNTIMES, named here so that parsing arguments does not import torch
+RUNTIME_NAMES = ("int8", "fp32", "hf")
+
+
+def _sampling(args) -> dict:
+    """stream_tokens' decoding arguments from generate / chat's flags; UsageError before
+    anything is loaded."""
+    given = [flag for flag, value in (("--temperature", args.temperature), ("--top-k", args.top_k),
+                                      ("--seed", args.seed)) if value is not None]
+    if given and not args.sample:
+        raise UsageError(f"{', '.join(given)} need --sample (decoding is greedy without it)")
+    if args.temperature is not None and not args.temperature > 0:
+        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    for flag, value in (("--top-k", args.top_k), ("--max-new-tokens", args.max_new_tokens),
+                        ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    return {"do_sample": args.sample, "temperature": args.temperature or 1.0,
+            "top_k": args.top_k, "seed": args.seed}
+
+
+def _open_runner(args):
+    """(runner, tokenizer, stop ids, stats label) of --model on --runtime."""
+    import torch
+
+    from workbench import formats, generation
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        model, tok, kind = formats.open_model(args.model)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot open --model {args.model}: {err}") from None
+    if tok is None:
+        raise UsageError(f"{args.model} was saved without a tokenizer: generation needs one")
+    try:
+        runner, runtime = generation.prepare(model, args.runtime, n_threads=args.threads)
+    except ValueError as err:
+        raise UsageError(f"{args.model}: {err}") from None
+    return runner, tok, generation.stop_ids(model, tok), f"{runtime} runtime, {kind}"
+
+
+def _reply(runner, tok, ids, args, stop, sampling) -> str:
+    """Stream the continuation of ids [1, T] to stdout, then the stats line to stderr; the text."""
+    from workbench import generation
+
+    stream = generation.stream_tokens(runner, ids, args.max_new_tokens, stop_ids=stop, **sampling)
+    pieces = []
+    for piece in generation.stream_text(tok, stream):
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print()
+    print(f"{stream.stats.summary()} ({args.label})", file=sys.stderr, flush=True)
+    return "".join(pieces)
+
+
+def cmd_generate(args) -> int:
+    """Stream one completion of --prompt (in the chat template when the tokenizer has one)."""
+    from workbench import generation
+
+    sampling = _sampling(args)
+    runner, tok, stop, args.label = _open_runner(args)
+    template = args.chat_template if args.chat_template is not None else bool(tok.chat_template)
+    try:
+        ids = generation.prompt_ids(tok, args.prompt, chat_template=template)
+        _reply(runner, tok, ids, args, stop, sampling)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def cmd_chat(args) -> int:
+    """A conversation in the tokenizer's chat template: each turn re-reads the whole history."""
+    from workbench import generation
+
+    sampling = _sampling(args)
+    runner, tok, stop, args.label = _open_runner(args)
+    if not tok.chat_template:
+        raise UsageError(f"{args.model}: the tokenizer has no chat template")
+    start = [{"role": "system", "content": args.system}] if args.system else []
+    history = list(start)
+    print("/reset clears the history, /exit (or end of input) ends the chat", file=sys.stderr)
+    while True:
+        try:
+            text = input("> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history = list(start)
+            continue
+        if text:
+            history.append({"role": "user", "content": text})
+            try:
+                reply = _reply(runner, tok, generation.prompt_ids(tok, history), args, stop, sampling)
+            except ValueError as err:       # the history outgrew the model's positions
+                history.pop()
+                print(f"error: {err}; /reset starts over", file=sys.stderr)
+                continue
+            history.append({"role": "assistant", "content": reply})
+
+
+def _point_label(config) -> str:
+    """Directory name of a prune point: sparsegpt-0.5, wanda-2of4, ria-0.6-owl-dsnot."""
+    level = (f"{config.sparsity:g}" if config.structure == "unstructured"
+             else config.structure.replace(":", "of"))
+    variant = [v for v in (config.layer_sparsity, config.refine) if v not in ("uniform", "none")]
+    return "-".join([config.method, level, *variant])
+
+
+def _save_pruned(out: Path, model_name: str, grid, calib, store, base) -> None:
+    """Each pruned model of the grid as a Hugging Face checkpoint out/<point label>, from the
+    cached pruned weights (sweep.pruned_model: recomputed only if they left the cache)."""
+    from workbench import formats
+    from workbench.sweep import pruned_model
+
+    for config in grid:
+        model, tok, _ = pruned_model(model_name, config, calib, store, base=base)
+        formats.to_hf(model, tok, out / _point_label(config),
+                      recipe=[{"step": "load", "config": {"model": model_name}},
+                              {"step": "prune", "config": config.to_dict()}])
+        del model
+    print(f"saved {len(grid)} pruned models under {out}")
+
+
+def _save_students(out: Path, model_name: str, base, tokenizer, result, config) -> None:
+    """Each recovered student as a Hugging Face checkpoint out/<method>-<sparsity>-seed<seed>:
+    the base architecture with the student's cached weights (result.weights, keyed
+    "<method>@<sparsity>/seed<seed>"), which run_recovery wrote or read; nothing is trained."""
+    import copy
+
+    from workbench import formats
+    from workbench.checkpoint import load_weights
+    from workbench.pruning import PruneConfig
+
+    for label, path in result.weights.items():
+        point, seed = label.rsplit("/seed", 1)
+        method, sparsity = point.rsplit("@", 1)
+        student = copy.deepcopy(base)
+        if not load_weights(student, path):
+            raise RuntimeError(f"the cached weights of {label} ({path}) do not load")
+        steps = [{"step": "load", "config": {"model": model_name}},
+                 {"step": "sft", "config": {**config.sft.to_dict(), "seed": int(seed)}},
+                 {"step": "prune", "config": PruneConfig(method=config.prune_method,
+                                                         sparsity=float(sparsity)).to_dict()},
+                 {"step": "distill", "config": {**config.distill_config(method, int(seed)).to_dict(),
+                                                "method": method}}]
+        formats.to_hf(student, tokenizer, out / f"{method}-{sparsity}-seed{seed}", recipe=steps)
+        del student
+    print(f"saved {len(result.weights)} students under {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quick", action="store_true")
     pr.add_argument("--name", default=None, help="stem of the written table")
     pr.add_argument("--results", default="results")
+    pr.add_argument("--save", default=None, metavar="DIR",
+                    help="also write each pruned model as a Hugging Face checkpoint DIR/<point> "
+                         "(method-sparsity[-owl][-dsnot], N:M as 2of4), from the cached pruned "
+                         "weights; a point whose weights left the cache is pruned again")
     pr.set_defaults(func=cmd_prune)
     qu = sub.add_parser("quant", help="W8A8 perplexity across smoothing, activations, sparsity")
     qu.add_argument("--model", default="smollm2-135m")
@@ -469,7 +637,34 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--quick", action="store_true", help="a smoke run of the whole pipeline")
     di.add_argument("--name", default=None)
     di.add_argument("--results", default="results")
+    di.add_argument("--save", default=None, metavar="DIR",
+                    help="also write each recovered student as a Hugging Face checkpoint "
+                         "DIR/<method>-<sparsity>-seed<seed> (its cached weights; nothing is "
+                         "trained again)")
     di.set_defaults(func=cmd_distill)
+    for name, func, text in (("generate", cmd_generate, "stream one completion of --prompt"),
+                             ("chat", cmd_chat, "an interactive chat in the model's template")):
+        ge = sub.add_parser(name, help=text)
+        ge.add_argument("--model", default="smollm2-135m",
+                        help="packed dir, Hugging Face dir, .gguf, compressed-tensors dir, or an "
+                             "embedded name")
+        if name == "generate":
+            ge.add_argument("--prompt", required=True)
+            ge.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                            help="wrap the prompt in the chat template (default: when there is one)")
+        else:
+            ge.add_argument("--system", default=None, help="a system message opening the chat")
+        ge.add_argument("--max-new-tokens", type=int, default=64 if name == "generate" else 256)
+        ge.add_argument("--runtime", default=None, choices=RUNTIME_NAMES,
+                        help="int8 (pack: the default), fp32 (same loop, FP32 linears), hf "
+                             "(transformers); a packed dir runs as packed")
+        ge.add_argument("--sample", action="store_true", help="sample instead of greedy")
+        ge.add_argument("--temperature", type=float, default=None, help="with --sample (1.0)")
+        ge.add_argument("--top-k", type=int, default=None, help="with --sample: the k most likely")
+        ge.add_argument("--seed", type=int, default=None, help="with --sample: of each reply")
+        ge.add_argument("--threads", type=int, default=None,
+                        help="threads (default: $WORKBENCH_NUM_THREADS, else torch's)")
+        ge.set_defaults(func=func)
     be = sub.add_parser("bench", help="speed: decode tokens/s of whole models, or the kernels")
     be.add_argument("what", choices=("decode", "kernels", "agreement"))
     be.add_argument("--model", default="smollm2-135m")
