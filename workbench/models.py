@@ -65,7 +65,7 @@ def embedded_gguf_path(name: str = "smollm2-135m") -> Path:
 
 def _finish(model: nn.Module, tokenizer, dtype: torch.dtype):
     get_arch(model)  # refuse unsupported architectures before anyone walks the model
-    if tokenizer.pad_token is None:
+    if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Parameters only: buffers such as RoPE's inv_freq stay FP32 (in bf16 they would shift
     # every position's angle); a checkpoint loaded straight into dtype is not touched.
@@ -194,9 +194,16 @@ def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.fl
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint (no config.json)")
+        from workbench.formats.compressed import is_compressed_tensors, read_compressed_tensors
+        from workbench.recipe import attach_recipe
+
+        if is_compressed_tensors(path):          # transformers' quantizer would refuse it
+            return _finish(*read_compressed_tensors(path, dtype), dtype)
         _check_config(str(path), local_files_only=True)
         _check_local_fits(path, dtype)
-        return _finish(*_load_pretrained(str(path), dtype, local_files_only=True), dtype)
+        model, tokenizer = _load_pretrained(str(path), dtype, local_files_only=True)
+        attach_recipe(model, path)
+        return _finish(model, tokenizer, dtype)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"{name!r} is neither a checkpoint directory nor a .gguf file")
     require_hub(

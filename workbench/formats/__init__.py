@@ -19,6 +19,9 @@ _EXPORTS = {
     "to_hf": "workbench.formats.hf",
     "to_gguf": "workbench.formats.gguf",
     "export_gguf": "workbench.formats.gguf",
+    "to_compressed_tensors": "workbench.formats.compressed",
+    "read_compressed_tensors": "workbench.formats.compressed",
+    "is_compressed_tensors": "workbench.formats.compressed",
     "open_model": "workbench.formats.loading",
     "MODEL_KINDS": "workbench.formats.loading",
 }
