@@ -4,6 +4,7 @@
     ids = pm.generate(input_ids, max_new_tokens=64)   # prefill, then one decode step per token
     base = runtime.PackedModel.from_fp32(model)       # same model, plain FP32 linears
     ref = runtime.pack(model, engine="torch")         # the readable torch loop
+    pm.save("out/packed"); pm = runtime.load_packed("out/packed")   # workbench.packed_io
 
 Two engines run the same model. "native" (the default) runs every decode step, and every
 prefill, as ONE nogil C call over all layers (kernels_cy/wb_engine.h: one OpenMP parallel
