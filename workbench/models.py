@@ -85,23 +85,27 @@ def _load_pretrained(source: str, dtype: torch.dtype = torch.float32, **kwargs):
     return model, tokenizer
 
 
-def _check_local_fits(path: Path, dtype: torch.dtype) -> None:
-    """MemoryError naming the size before a local checkpoint too large for memory is loaded."""
+def _check_local_fits(path: Path, dtype: torch.dtype, numel: int | None = None,
+                      copies: float = 1.05) -> None:
+    """MemoryError naming the size before a local checkpoint too large for memory is loaded.
+    numel: its parameter count when the stored tensors do not say it (a compressed checkpoint);
+    copies: how many dense copies loading holds at its peak."""
     from safetensors import safe_open
 
     from workbench.streaming import check_fits, checkpoint_index
 
-    try:
-        index = checkpoint_index(path)
-    except FileNotFoundError:
-        return                                     # .bin weights: transformers reports
-    numel = 0
-    for file in set(index.values()):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                numel += math.prod(f.get_slice(name).get_shape())
+    if numel is None:
+        try:
+            index = checkpoint_index(path)
+        except FileNotFoundError:
+            return                                 # .bin weights: transformers reports
+        numel = 0
+        for file in set(index.values()):
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    numel += math.prod(f.get_slice(name).get_shape())
     elem = torch.tensor([], dtype=dtype).element_size()
-    check_fits(int(numel * elem * 1.05), f"loading {path.name} in {dtype}".replace("torch.", ""),
+    check_fits(int(numel * elem * copies), f"loading {path.name} in {dtype}".replace("torch.", ""),
                "load it in torch.bfloat16, or prune it from disk with "
                "workbench.streaming.prune_checkpoint")
 
@@ -194,12 +198,14 @@ def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.fl
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint (no config.json)")
-        from workbench.formats.compressed import is_compressed_tensors, read_compressed_tensors
+        from workbench.formats import compressed
         from workbench.recipe import attach_recipe
 
-        if is_compressed_tensors(path):          # transformers' quantizer would refuse it
-            return _finish(*read_compressed_tensors(path, dtype), dtype)
         _check_config(str(path), local_files_only=True)
+        if compressed.is_compressed_tensors(path):   # transformers' quantizer would refuse it
+            # the reader holds the dense state dict and the model: two copies at its peak
+            _check_local_fits(path, dtype, compressed.dense_numel(path), copies=2.1)
+            return _finish(*compressed.read_compressed_tensors(path, dtype), dtype)
         _check_local_fits(path, dtype)
         model, tokenizer = _load_pretrained(str(path), dtype, local_files_only=True)
         attach_recipe(model, path)

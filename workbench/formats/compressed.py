@@ -27,6 +27,7 @@ Reference: https://github.com/neuralmagic/compressed-tensors (v0.14.0.1).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -187,33 +188,52 @@ def _check_config(qc: dict, file: Path) -> None:
             raise ValueError(f"{file}: config_groups.{gname} weights are not 8-bit symmetric int")
 
 
-def _read_tensors(path: Path) -> dict[str, tuple[torch.Tensor, str]]:
-    """Every stored tensor -> (tensor, its file's name); one file or a sharded index."""
+def _weight_files(path: Path) -> list[str]:
+    if not (path / INDEX_FILE).is_file():
+        return [WEIGHTS_FILE]
+    try:
+        return sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path / INDEX_FILE}: not a safetensors index ({e})") from None
+
+
+def _read_tensors(path: Path, header_only: bool = False) -> dict[str, tuple[object, str]]:
+    """Every stored tensor -> (tensor, its file's name); one file or a sharded index.
+    header_only: the shape list in place of the tensor, except P.shape tensors (tiny)."""
     from safetensors import SafetensorError, safe_open
 
-    if (path / INDEX_FILE).is_file():
-        try:
-            files = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path / INDEX_FILE}: not a safetensors index ({e})") from None
-    else:
-        files = [WEIGHTS_FILE]
     out = {}
-    for name in files:
+    for name in _weight_files(path):
         if not (path / name).is_file():
             raise ValueError(f"{path / name}: missing (compressed-tensors weights)")
         try:
             with safe_open(str(path / name), framework="pt") as f:
                 for key in f.keys():
-                    out[key] = (f.get_tensor(key), name)
+                    small = not header_only or key.endswith(".shape")
+                    out[key] = (f.get_tensor(key) if small else f.get_slice(key).get_shape(), name)
         except (SafetensorError, OSError, RuntimeError) as e:
             raise ValueError(f"{path / name}: corrupted or truncated safetensors ({e})") from None
     return out
 
 
-def _dense_state_dict(tensors: dict[str, tuple[torch.Tensor, str]], path: Path
-                      ) -> dict[str, torch.Tensor]:
-    """Decompress (bitmask) and dequantize (q * weight_scale) every layer: a plain state dict."""
+def dense_numel(path: str | os.PathLike) -> int:
+    """Parameters of the dense model a compressed-tensors directory holds, read from the file
+    headers and the small P.shape tensors: what read_compressed_tensors will allocate."""
+    stored = _read_tensors(Path(path), header_only=True)
+    numel = 0
+    for key, (value, _) in stored.items():
+        stem, _, param = key.rpartition(".")
+        if param == "shape" and f"{stem}.bitmask" in stored:
+            numel += math.prod(int(s) for s in value.reshape(-1).tolist())   # the dense [out, in]
+        elif param not in _SPARSE_PARAMS and not param.startswith(("weight_scale", "weight_zero")):
+            numel += math.prod(value)
+    return numel
+
+
+def _dense_state_dict(tensors: dict[str, tuple[torch.Tensor, str]], path: Path,
+                      dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Decompress (bitmask) and dequantize (q * weight_scale, in float32) every layer: a plain
+    state dict in dtype, cast layer by layer so no FP32 copy of the model is held."""
     tensors = dict(tensors)
     sparse = {}                                  # layer prefix -> {param: key}
     for key in list(tensors):
@@ -245,11 +265,11 @@ def _dense_state_dict(tensors: dict[str, tuple[torch.Tensor, str]], path: Path
         if scale.numel() != 1 and list(scale.shape) not in ([q.shape[0], 1], [q.shape[0]]):
             raise ValueError(f"{path}: {key} has shape {list(scale.shape)}: group-wise scales "
                              f"are not read, only channel-wise [{q.shape[0]}, 1]")
-        state[f"{prefix}.weight"] = q.float() * scale.reshape(-1, 1)          # [out, in]
+        state[f"{prefix}.weight"] = (q.float() * scale.reshape(-1, 1)).to(dtype)  # [out, in]
     bad = [k for k, v in state.items() if not v.is_floating_point()]
     if bad:
         raise ValueError(f"{path}: tensor {bad[0]} is {state[bad[0]].dtype} with no weight_scale")
-    return state
+    return {k: v.to(dtype) for k, v in state.items()}
 
 
 def read_compressed_tensors(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
@@ -265,14 +285,14 @@ def read_compressed_tensors(path: str | os.PathLike, dtype: torch.dtype = torch.
     _check_config(qc, path / "config.json")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     del config.quantization_config              # so transformers' own quantizer stays out
-    state = _dense_state_dict(_read_tensors(path), path)
+    state = _dense_state_dict(_read_tensors(path), path, dtype)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     expected = model.state_dict()
     for key, value in state.items():
         if key in expected and expected[key].shape != value.shape:
             raise ValueError(f"{path}: tensor {key} has shape {list(value.shape)}, the config "
                              f"needs {list(expected[key].shape)}")
-    result = model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    result = model.load_state_dict(state, strict=False)
     tied = {k for k in result.missing_keys if k.endswith("lm_head.weight")
             and getattr(config, "tie_word_embeddings", False)}
     missing = [k for k in result.missing_keys if k not in tied]
@@ -289,5 +309,5 @@ def read_compressed_tensors(path: str | os.PathLike, dtype: torch.dtype = torch.
     return model, tokenizer
 
 
-__all__ = ["bitmask_compress", "bitmask_decompress", "is_compressed_tensors",
+__all__ = ["bitmask_compress", "bitmask_decompress", "dense_numel", "is_compressed_tensors",
            "read_compressed_tensors", "to_compressed_tensors"]
