@@ -29,6 +29,7 @@ from workbench.arch import UnsupportedArchitectureError
 from workbench.kernels import SparseInt8Linear, check_threads
 from workbench.llama import check_count
 from workbench.packed_lm import is_packed
+from workbench.runtime import pick_token
 
 RUNTIMES = ("int8", "fp32", "hf")
 
@@ -113,19 +114,6 @@ def _max_positions(runner) -> int | None:
 
 
 # ---------------------------------------------------------------- the stream
-
-def pick_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
-               generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from logits [B, vocab]: argmax, or a sample at temperature among
-    the top_k most likely; the same rule (and random draws) as PackedModel.generate."""
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature                # bf16 models: sample in float32
-    if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]     # [B, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
-
 
 class TokenStream:
     """Iterate once for the new token ids (ints); stats fill in as they come. See

@@ -341,7 +341,7 @@ class PackedModel(nn.Module):
         out = torch.empty(B, T + max_new_tokens, dtype=torch.long)
         out[:, :T] = input_ids
         eos_t, finished = torch.tensor(eos, dtype=torch.long), torch.zeros(B, dtype=torch.bool)
-        token = _pick(logits, do_sample, temperature, top_k, gen)                    # [B]
+        token = pick_token(logits, do_sample, temperature, top_k, gen)                    # [B]
         for i in range(max_new_tokens):
             if eos:
                 token = token.masked_fill(finished, pad)
@@ -351,23 +351,25 @@ class PackedModel(nn.Module):
                 return out[:, :T + i + 1]
             if i + 1 < max_new_tokens:
                 token = (self.greedy_step(token) if not do_sample else
-                         _pick(self.decode_step(token), do_sample, temperature, top_k, gen))
+                         pick_token(self.decode_step(token), do_sample, temperature, top_k, gen))
         return out
 
     def extra_repr(self) -> str:
         return f"llama, {self.dims.n_layers} layers, {self.nbytes / 2**20:.1f} MiB of weights"
 
 
-def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_k, gen) -> torch.Tensor:
-    """Next token per row from logits [B, vocab]: argmax, or a sample at temperature from
-    the top_k most likely."""
+def pick_token(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """Next token per row from logits [B, vocab]: argmax, or a sample at temperature among the
+    top_k most likely (in float32, so bf16 logits sample alike). generate and
+    workbench.generation's streams both pick with this."""
     if not do_sample:
         return logits.argmax(-1)
-    logits = logits / temperature
+    logits = logits.float() / temperature
     if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]     # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
 # ---------------------------------------------------------------- input checks
@@ -435,4 +437,4 @@ def load_packed(path, engine: str = "native", n_threads: int | None = None,
     return model
 
 
-__all__ = ["ENGINES", "FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "load_packed", "pack"]
+__all__ = ["ENGINES", "FUSED", "Fp32Linear", "FusedLinear", "PackedModel", "load_packed", "pack", "pick_token"]
