@@ -20,6 +20,25 @@ def tiny():
     return tiny_llama(seed=0)
 
 
+@pytest.fixture
+def check_llama_gguf_metadata():
+    """A check that a GGUF file's metadata {key: value} states config's hyperparameters (the
+    GGUF exporter's tests in test_peers and test_formats_gguf share it)."""
+    def check(value: dict, cfg) -> None:
+        assert value["general.architecture"] == "llama"
+        assert value["llama.block_count"] == cfg.num_hidden_layers
+        assert value["llama.embedding_length"] == cfg.hidden_size
+        assert value["llama.feed_forward_length"] == cfg.intermediate_size
+        assert value["llama.attention.head_count"] == cfg.num_attention_heads
+        assert value["llama.attention.head_count_kv"] == cfg.num_key_value_heads
+        assert value["llama.context_length"] == cfg.max_position_embeddings
+        assert value["llama.rope.dimension_count"] == cfg.head_dim
+        assert value["llama.rope.freq_base"] == pytest.approx(cfg.rope_parameters["rope_theta"])
+        assert value["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg.rms_norm_eps)
+        assert value["llama.vocab_size"] == cfg.vocab_size
+    return check
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """One line at the very end naming every skipped test and why, so a green run cannot
     hide what did not run (llama.cpp peer, browser, an ISA this CPU lacks)."""

@@ -144,22 +144,12 @@ def test_a_bf16_model_is_written_from_exact_fp32_copies(tmp_path, tok):
 
 @pytest.mark.parametrize("qtype,file_type", [("f32", "ALL_F32"), ("F16", "MOSTLY_F16"),
                                              ("Q8_0", "MOSTLY_Q8_0"), ("q4_0", "MOSTLY_Q4_0")])
-def test_metadata_equals_the_config(tmp_path, tok, qtype, file_type):
+def test_metadata_equals_the_config(tmp_path, tok, qtype, file_type, check_llama_gguf_metadata):
     model = model_for(tok, seed=0)
     cfg = model.config
     value = {k: f.contents() for k, f in export(model, tok, tmp_path, qtype).fields.items()}
-    assert value["general.architecture"] == "llama"
+    check_llama_gguf_metadata(value, cfg)
     assert value["general.file_type"] == gguf.LlamaFileType[file_type]
-    assert value["llama.block_count"] == cfg.num_hidden_layers
-    assert value["llama.embedding_length"] == cfg.hidden_size
-    assert value["llama.feed_forward_length"] == cfg.intermediate_size
-    assert value["llama.attention.head_count"] == cfg.num_attention_heads
-    assert value["llama.attention.head_count_kv"] == cfg.num_key_value_heads
-    assert value["llama.context_length"] == cfg.max_position_embeddings
-    assert value["llama.rope.dimension_count"] == cfg.head_dim
-    assert value["llama.rope.freq_base"] == pytest.approx(cfg.rope_parameters["rope_theta"])
-    assert value["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg.rms_norm_eps)
-    assert value["llama.vocab_size"] == cfg.vocab_size
 
 
 def test_tokenizer_keys_are_built_from_the_hf_tokenizer(tmp_path, tok):

@@ -201,23 +201,14 @@ def test_rows_not_a_multiple_of_the_block_stay_f32(tmp_path, tiny_tok_gguf):
     assert types["blk.0.ffn_up.weight"] == gguf.GGMLQuantizationType.Q4_0
 
 
-def test_metadata_has_the_hyperparameters_and_the_copied_tokenizer(tmp_path, tiny_tok_gguf):
+def test_metadata_has_the_hyperparameters_and_the_copied_tokenizer(tmp_path, tiny_tok_gguf,
+                                                                  check_llama_gguf_metadata):
     model, tok = tiny_llama(seed=0)
     cfg = model.config
     fields = export(model, tmp_path, "Q8_0", tiny_tok_gguf).fields
     value = {k: f.contents() for k, f in fields.items()}
-    assert value["general.architecture"] == "llama"
+    check_llama_gguf_metadata(value, cfg)
     assert value["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
-    assert value["llama.block_count"] == cfg.num_hidden_layers
-    assert value["llama.embedding_length"] == cfg.hidden_size
-    assert value["llama.feed_forward_length"] == cfg.intermediate_size
-    assert value["llama.attention.head_count"] == cfg.num_attention_heads
-    assert value["llama.attention.head_count_kv"] == cfg.num_key_value_heads
-    assert value["llama.context_length"] == cfg.max_position_embeddings
-    assert value["llama.rope.dimension_count"] == cfg.head_dim
-    assert value["llama.rope.freq_base"] == pytest.approx(cfg.rope_parameters["rope_theta"])
-    assert value["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg.rms_norm_eps)
-    assert value["llama.vocab_size"] == cfg.vocab_size
     assert value["tokenizer.ggml.tokens"] == tok.convert_ids_to_tokens(list(range(len(tok))))
     assert value["tokenizer.ggml.eos_token_id"] == tok.eos_token_id
 

@@ -174,6 +174,12 @@ def _save_atomically(model, tokenizer, target: Path, source_info: dict) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def is_local_name(name: str) -> bool:
+    """Whether name means a local path (it exists, starts like a path, or has more slashes than
+    a hub id "owner/model"), so a missing one is an error, not a hub download."""
+    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.float32,
                use_cache: bool = True):
     """Load (model, tokenizer) in eval mode.
@@ -210,7 +216,7 @@ def load_model(name_or_path: str = "smollm2-135m", dtype: torch.dtype = torch.fl
         model, tokenizer = _load_pretrained(str(path), dtype, local_files_only=True)
         attach_recipe(model, path)
         return _finish(model, tokenizer, dtype)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_local_name(name):
         raise FileNotFoundError(f"{name!r} is neither a checkpoint directory nor a .gguf file")
     require_hub(
         f"model {name!r}",

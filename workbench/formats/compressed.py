@@ -37,8 +37,8 @@ from torch import nn
 
 from workbench import cache
 from workbench.arch import layer_linears
+from workbench.formats.hf import write_recipe
 from workbench.quant import quantize_weight
-from workbench.recipe import FILE as RECIPE_FILE
 from workbench.recipe import attach_recipe, recipe_of
 
 QUANT_METHOD = "compressed-tensors"
@@ -146,8 +146,7 @@ def to_compressed_tensors(model, tokenizer, path: str | os.PathLike,
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        cache.write_json_atomic(tmp / RECIPE_FILE, {"steps": cache.to_jsonable(steps),
-                                                    "provenance": cache.provenance()})
+        write_recipe(tmp, steps)
     return path
 
 

@@ -50,9 +50,14 @@ def to_hf(model, tokenizer, path: str | os.PathLike, recipe: list[dict] | None =
             cache.write_json_atomic(config_file, config)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        cache.write_json_atomic(tmp / RECIPE_FILE, {"steps": cache.to_jsonable(steps),
-                                                    "provenance": cache.provenance()})
+        write_recipe(tmp, steps)
     return path
 
 
-__all__ = ["to_hf"]
+def write_recipe(directory: Path, steps: list[dict]) -> Path:
+    """recipe.json in a checkpoint directory: the steps and the provenance of this run."""
+    return cache.write_json_atomic(directory / RECIPE_FILE, {"steps": cache.to_jsonable(steps),
+                                                             "provenance": cache.provenance()})
+
+
+__all__ = ["to_hf", "write_recipe"]

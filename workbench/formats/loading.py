@@ -21,7 +21,7 @@ MODEL_KINDS = ("packed", "compressed-tensors", "hf", "gguf", "embedded", "hub")
 
 def model_kind(name_or_path: str | os.PathLike) -> str:
     """Which of MODEL_KINDS name_or_path is, from its files alone (nothing is loaded)."""
-    from workbench.models import EMBEDDED
+    from workbench.models import EMBEDDED, is_local_name
     from workbench.packed_io import is_packed_dir
 
     name = str(name_or_path)
@@ -36,7 +36,7 @@ def model_kind(name_or_path: str | os.PathLike) -> str:
         return "compressed-tensors" if is_compressed_tensors(path) else "hf"
     if path.is_file() and path.suffix == ".gguf":
         return "gguf"
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if is_local_name(name):
         raise FileNotFoundError(f"{name!r} is not a packed or checkpoint directory, a .gguf file "
                                 "or a model name")
     return "hub"
