@@ -7,8 +7,8 @@
  *   attention o = float(sum_j p_j v_j),  p = softmax(q.k_j / sqrt(d))  double
  *
  * Per-token INT8 quantization after each of these amplifies a one-ulp difference into a
- * different rounding step (DESIGN.md: 1e-7 noise changes ~18% of the W8A8 model's greedy
- * tokens), so the engine cannot merely be close to the reference. Reductions and
+ * different rounding step (README.md, "Measured so far": 1e-7 input noise changes about 18%
+ * of the W8A8 model's greedy tokens), so the engine cannot merely be close to the reference. Reductions and
  * transcendentals run in double on both sides: the two sum in different orders and use
  * different exp implementations, but agree to ~1e-16, and rounding that to float32 gives the
  * same value except within 1e-16 of a rounding boundary. The elementwise float steps are

@@ -25,6 +25,23 @@ def test_perplexity_equals_mean_of_hf_window_losses(tiny):
     assert 100 < res.perplexity < 1000
 
 
+def test_perplexity_and_calibration_loss_are_one_loop(tiny):
+    """perplexity's mean NLL is mean_next_token_loss over the same windows, to the last bit, and
+    the model is left in the mode it was in."""
+    model, tok = tiny
+    ids = tok(TEXT, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    windows = ids[: (ids.numel() // 64) * 64].view(-1, 64)                # [W, 64]
+    model.train()
+    try:
+        res = evaluate.perplexity(model, tok, TEXT, seqlen=64, batch_size=4)
+        assert model.training
+    finally:
+        model.eval()
+    assert res.nll == evaluate.mean_next_token_loss(model, windows, batch_size=4)
+    total, count = evaluate.next_token_nll(evaluate.model_logits(model, windows, 4))
+    assert (total / count, count) == (res.nll, res.n_tokens)
+
+
 def test_perplexity_windows_limits_and_inputs(tiny):
     model, tok = tiny
     full = evaluate.perplexity(model, tok, TEXT, seqlen=64)

@@ -263,3 +263,76 @@ def test_replayed_losses_equal_full_forward_losses():
             setattr(parent, child, original)
         got = float(res.frame.set_index("name").loc[name, "loss"])
         assert got == pytest.approx(full, rel=1e-6, abs=1e-9)
+
+
+# ---------------------------------------------------------------- the one next-token loss
+
+
+def _reference_loss(model, calib) -> float:
+    """Mean next-token NLL written out plainly, one sequence and one position at a time, in
+    float64: -log softmax(logits[t])[token t + 1], averaged over every predicted position."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for seq in calib:
+            logp = torch.log_softmax(model(input_ids=seq[None]).logits[0].double(), dim=-1)  # [L, V]
+            for t in range(seq.numel() - 1):
+                total -= float(logp[t, seq[t + 1]])
+                count += 1
+    return total / count
+
+
+def test_outliers_loss_is_evaluates_one_and_matches_a_plain_reference():
+    from workbench import evaluate, outliers
+
+    assert outliers.mean_next_token_loss is evaluate.mean_next_token_loss
+    model, _ = tiny_llama(seed=0)
+    calib = _calib(n=5)
+    ref = _reference_loss(model, calib)
+    for batch_size in (1, 2, 5, 8):             # batches of 1, uneven, exact, larger than n
+        assert outliers.mean_next_token_loss(model, calib, batch_size) == pytest.approx(ref, rel=1e-5)
+
+
+def test_sensitivity_losses_match_a_plain_reference():
+    """Baseline, replayed and full-forward losses of measure_layer_sensitivity all equal the
+    plain reference on the model with that one layer replaced."""
+    model, _ = tiny_llama(seed=1)
+    model.eval()
+    calib = _calib(n=3, length=12)
+
+    def halved(lin):
+        new = copy.deepcopy(lin)
+        with torch.no_grad():
+            new.weight.mul_(0.5)
+        return new
+
+    names = ["model.layers.0.self_attn.v_proj", "model.layers.1.mlp.up_proj"]
+    res = measure_layer_sensitivity(model, calib, quantize_layer=halved, layers=names, batch_size=2)
+    assert res.baseline_loss == pytest.approx(_reference_loss(model, calib), rel=1e-5)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        original = getattr(parent, child)
+        setattr(parent, child, halved(original))
+        try:
+            ref = _reference_loss(model, calib)
+        finally:
+            setattr(parent, child, original)
+        got = float(res.frame.set_index("name").loc[name, "loss"])
+        assert got == pytest.approx(ref, rel=1e-5)
+        assert got != pytest.approx(res.baseline_loss, rel=1e-9)   # the change is seen
+
+
+def test_next_token_nll_counts_every_predicted_position_in_float32():
+    from workbench.evaluate import next_token_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    ids = torch.randint(0, 7, (2, 5), generator=g)
+    total, count = next_token_nll([(logits[:1], ids[:1]), (logits[1:], ids[1:])])
+    want = -torch.log_softmax(logits.double(), -1)[:, :-1].gather(-1, ids[:, 1:, None]).sum()
+    assert count == 2 * 4
+    assert total == pytest.approx(float(want), rel=1e-6)
+    # bf16 logits are widened before the softmax: the loss is that of the widened values
+    half = logits.bfloat16()
+    total16, _ = next_token_nll([(half, ids)])
+    assert total16 == next_token_nll([(half.float(), ids)])[0]

@@ -1,5 +1,6 @@
-"""Per-architecture tables: where the decoder layers are, which Linear layers they hold, and
-which norm feeds which linears (the smoothing maps of SmoothQuant / LAE).
+"""Per-architecture tables: where the decoder layers are, which Linear layers and norms they
+hold, and which norm feeds which linears (the smoothing maps of SmoothQuant / LAE); and the
+one parser of a module's full name into its decoder layer index and local path.
 
 Architecture differences live here as data, so every step walks any supported model with
 the same code. Add a family by adding one ArchSpec.
@@ -7,6 +8,7 @@ the same code. Add a family by adding one ArchSpec.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from torch import nn
@@ -27,9 +29,13 @@ class ArchSpec:
     final_norm: str
     lm_head: str = "lm_head"
     backbone: str = "model"           # the decoder without its LM head: returns hidden states
+    input_norm: str = ""              # norm inside a decoder layer before attention
+    post_norm: str = ""               # norm inside a decoder layer before the MLP
 
 
-_LLAMA = ArchSpec(
+# The Llama family's names, also read without a model: the runtime's decoder blocks
+# (workbench.blocks) and the GGUF tensor map (workbench.formats.gguf) are Llama-only.
+LLAMA = ArchSpec(
     family="llama",
     layers="model.layers",
     linears=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -40,12 +46,14 @@ _LLAMA = ArchSpec(
     ),
     embed="model.embed_tokens",
     final_norm="model.norm",
+    input_norm="input_layernorm",
+    post_norm="post_attention_layernorm",
 )
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
     "opt": ArchSpec(
         family="opt",
         layers="model.decoder.layers",
@@ -57,6 +65,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ),
         embed="model.decoder.embed_tokens",
         final_norm="model.decoder.final_layer_norm",
+        input_norm="self_attn_layer_norm",
+        post_norm="final_layer_norm",
     ),
     "mpt": ArchSpec(
         family="mpt",
@@ -66,6 +76,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         embed="transformer.wte",
         final_norm="transformer.norm_f",
         backbone="transformer",
+        input_norm="norm_1",
+        post_norm="norm_2",
     ),
 }
 
@@ -111,3 +123,13 @@ def layer_linears(model: nn.Module) -> dict[str, nn.Linear]:
         for name in spec.linears:
             out[f"{spec.layers}.{i}.{name}"] = layer.get_submodule(name)
     return out
+
+
+_LAYER_NAME = re.compile(r"^(?:.*?\.)?(\d+)\.(.+)$")  # "model.layers.3.mlp.up_proj" → 3, "mlp.up_proj"
+
+
+def split_layer_name(name: str) -> tuple[int, str]:
+    """(decoder layer index, module path inside the layer) of a full module name, the inverse of
+    the names layer_linears gives; (-1, name) if name has no index (lm_head, embeddings)."""
+    m = _LAYER_NAME.match(name)
+    return (int(m.group(1)), m.group(2)) if m else (-1, name)

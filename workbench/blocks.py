@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.arch import LLAMA
 from workbench.kernels import SparseInt8Linear
 
-# Hugging Face module name inside a decoder layer -> the block's attribute name
-SHORT_NAMES = {"self_attn.q_proj": "q_proj", "self_attn.k_proj": "k_proj",
-               "self_attn.v_proj": "v_proj", "self_attn.o_proj": "o_proj",
-               "mlp.gate_proj": "gate_proj", "mlp.up_proj": "up_proj", "mlp.down_proj": "down_proj"}
+# Hugging Face module name inside a decoder layer -> the block's attribute name:
+# "self_attn.q_proj" -> "q_proj", ..., "mlp.down_proj" -> "down_proj" (arch.LLAMA's order)
+SHORT_NAMES = {long: long.rpartition(".")[2] for long in LLAMA.linears}
 
 
 def copy_fp32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -111,8 +111,8 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, layer: nn.Module, make_linear, can_fuse=lambda names: True):
         super().__init__()
-        self.register_buffer("input_norm", copy_fp32(layer.input_layernorm.weight))
-        self.register_buffer("post_norm", copy_fp32(layer.post_attention_layernorm.weight))
+        self.register_buffer("input_norm", copy_fp32(layer.get_submodule(LLAMA.input_norm).weight))
+        self.register_buffer("post_norm", copy_fp32(layer.get_submodule(LLAMA.post_norm).weight))
         done = set()
         for group, shorts in FUSED.items():
             longs = [LONG_NAMES[sh] for sh in shorts]

@@ -5,8 +5,8 @@ model weights and one of the data, and the workbench version. Each entry is one 
 
     {"key": key, "record": record, "provenance": {...}, "checksum": hash_json(record)}
 
-written atomically (temp file in the same directory, fsync, `os.replace`), so a crash never
-leaves half an entry behind; an entry whose checksum does not match is discarded with a
+written atomically (workbench.atomic: temp file in the same directory, fsync, `os.replace`),
+so a crash never leaves half an entry behind; an entry whose checksum does not match is discarded with a
 `CacheCorruptionWarning` and recomputed, never trusted.
 
 All hashes are full sha256 hex digests (64 characters).
@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import re
-import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -43,6 +40,15 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# Re-exported: callers write files and hash configs through cache.* as they always have.
+from workbench.atomic import atomic_directory as atomic_directory
+from workbench.atomic import write_bytes_atomic as write_bytes_atomic
+from workbench.atomic import write_json_atomic as write_json_atomic
+from workbench.atomic import write_text_atomic as write_text_atomic
+from workbench.cpuinfo import cpu_model, kernel_flags
+from workbench.jsonable import hash_json as hash_json
+from workbench.jsonable import to_jsonable as to_jsonable
 
 
 def workbench_version() -> str:
@@ -56,116 +62,6 @@ def cache_root() -> Path:
     """$WORKBENCH_CACHE, else ~/.cache/workbench. Not created here: callers create on write."""
     env = os.environ.get("WORKBENCH_CACHE")
     return Path(env).expanduser() if env else Path("~/.cache/workbench").expanduser()
-
-
-# ---------------------------------------------------------------- JSON conversion and hashing
-
-def _json_default(obj: Any) -> Any:
-    """The `default=` hook of json.dumps: one non-JSON object -> something JSON can encode."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        # Shallow on purpose: dataclasses.asdict would deep-copy any tensors in the fields.
-        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(to_jsonable(x) for x in obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Canonical JSON form: dataclass -> dict, tuple -> list, numpy/torch -> Python, Path -> str.
-
-    Dict keys must already be str: json.dumps would turn 1 and "1" into the same key, and two
-    different configs must never hash alike.
-    """
-    # Enums and numpy scalars first: IntEnum and np.float64 are also int / float subclasses.
-    if isinstance(obj, (enum.Enum, np.generic)):
-        return to_jsonable(_json_default(obj))
-    if obj is None or isinstance(obj, (str, bool, int, float)):
-        return obj
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                raise TypeError(f"dict keys must be str, got {type(k).__name__} key {k!r}")
-            out[k] = to_jsonable(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(x) for x in obj]
-    return to_jsonable(_json_default(obj))
-
-
-def hash_json(obj: Any) -> str:
-    """sha256 hex of the compact, key-sorted JSON of to_jsonable(obj)."""
-    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------- atomic writes
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write data to path so that path holds either its old content or all of data, never part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename within one filesystem (atomic on POSIX).
-    tmp = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        # NamedTemporaryFile creates 0600; results are meant to be shared like any written file.
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    # Serialized before the temp file exists: an unserializable object leaves no trace.
-    text = json.dumps(obj, sort_keys=True, indent=indent, default=_json_default)
-    return write_text_atomic(path, text + "\n")
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | Path):
-    """Build a directory in a temp dir beside target (yielded), then swap it in for target on
-    success: a failure leaves the old target (or none), never a half-written one. The swap is
-    two renames, so a crash between them can leave no target, never a partial one."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)                       # mkdtemp makes it 0700
-        if target.exists() or target.is_symlink():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -276,10 +172,6 @@ _LIBRARIES = (
     "torch", "transformers", "numpy", "datasets", "tokenizers",
     "safetensors", "accelerate", "lm-eval", "pandas",
 )
-_KERNEL_FLAGS = frozenset({
-    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx_vnni", "amx_int8", "sse4_1", "sse4_2",
-})
 
 
 def _library_version(name: str) -> str | None:
@@ -300,27 +192,9 @@ def _git(*args: str) -> str | None:
     return out.stdout
 
 
-def _cpu_model() -> str:
-    try:
-        from workbench.kernels import cpu_model
-    except ImportError:  # the compiled extension is missing; provenance must still work
-        return platform.processor() or platform.machine()
-    return cpu_model()
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return sorted(_KERNEL_FLAGS.intersection(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
-
-
 def provenance() -> dict:
-    """Where a result came from: code version, libraries, CPU, threads and time (UTC)."""
+    """Where a result came from: code version, libraries, CPU (workbench.cpuinfo: its model and
+    the flags among KERNEL_FLAGS), threads and time (UTC)."""
     commit = _git("rev-parse", "--short", "HEAD")
     # --no-optional-locks: a read-only status must not take .git/index.lock from the user.
     status = _git("--no-optional-locks", "status", "--porcelain")
@@ -331,8 +205,8 @@ def provenance() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libraries": {name: _library_version(name) for name in _LIBRARIES},
-        "cpu": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu": cpu_model(),
+        "cpu_flags": kernel_flags(),
         "threads": torch.get_num_threads(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -7,23 +7,21 @@
     <checkpoint_dir>/best-NNNNNN.safetensors         weights at the best dev evaluation so far
                                                      (early stopping), named in trainer.pt
 
-A step directory is written under a temporary name and renamed into place; then latest.json is
-replaced atomically (workbench.cache.write_json_atomic), and only then are older steps removed.
+A step directory is written under a temporary name and renamed into place, then latest.json is
+replaced, both atomically (workbench.atomic), and only then are older steps removed.
 A crash at any moment leaves latest.json pointing at a whole checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from workbench.cache import write_json_atomic
+from workbench.atomic import atomic_directory, atomic_path, write_json_atomic
 
 RESUME_KEYS = ("resume", "checkpoint_dir", "checkpoint_every")   # may change between calls
 
@@ -33,18 +31,9 @@ def save_weights(model: nn.Module, path: str | Path) -> Path:
     into it: path holds either its old content or all of the new weights."""
     from safetensors.torch import save_model
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_model(model, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp:
+        save_model(model, str(tmp))
+    return Path(path)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> bool:
@@ -113,17 +102,10 @@ def save_checkpoint(root: str | Path, model: nn.Module, state: dict) -> Path:
     from safetensors.torch import save_model
 
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with atomic_directory(final) as tmp:
         save_model(model, str(tmp / "model.safetensors"))   # handles tied embeddings
         torch.save(state, tmp / "trainer.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_json_atomic(root / "latest.json", {"dir": final.name, "step": state["step"]})
     for old in root.glob("step-*"):
         if old != final:

@@ -2,7 +2,8 @@
 lm-evaluation-harness.
 
 - Perplexity: non-overlapping windows of `seqlen` tokens, the remainder dropped, exp of the
-  mean next-token NLL over every predicted position (the SparseGPT/Wanda protocol).
+  mean next-token NLL over every predicted position (the SparseGPT/Wanda protocol); the NLL is
+  summed by `next_token_nll`, the loss of every calibration-loss measurement too.
 - Task accuracy: k-shot prompts in the model's chat format (multi-turn: each worked example is
   a user question and an assistant answer), greedy decoding, batched with left padding; the
   prediction is the number after "answer is" (workbench.data.answer_from_text), compared
@@ -14,14 +15,50 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from workbench.data import Corpus, Task, answer_from_text, token_stream
 from workbench.packed_lm import as_causal_lm, model_device
+
+# ---------------------------------------------------------------- next-token loss
+
+
+def next_token_nll(outputs: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, int]:
+    """(summed next-token NLL in nats, predicted tokens) over (logits [B, L, V], ids [B, L])
+    pairs: the logits at position t score token t + 1, in float32 whatever the model's dtype.
+    The one loss loop of perplexity, mean_next_token_loss and the outlier sensitivity replay."""
+    total, count = 0.0, 0
+    for logits, ids in outputs:
+        logits = logits.float()
+        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),   # [B*(L-1), V]
+                                 ids[:, 1:].reshape(-1), reduction="sum").item()
+        count += ids[:, 1:].numel()
+    return total, count
+
+
+def model_logits(model, windows: Tensor, batch_size: int,
+                 progress: str | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """(logits [B, L, V], ids [B, L]) of a causal LM for each batch of windows [W, L] (moved to
+    the model's device), one batch at a time; progress: a tqdm bar's label, None for no bar."""
+    device = model_device(model)
+    starts = range(0, windows.shape[0], batch_size)
+    for b in tqdm(starts, desc=progress, leave=False) if progress else starts:
+        batch = windows[b: b + batch_size].to(device)                     # [B, L]
+        yield model(input_ids=batch, use_cache=False).logits, batch
+
+
+@torch.inference_mode()
+def mean_next_token_loss(model, windows: Tensor, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over every predicted position of windows [n, L]."""
+    total, count = next_token_nll(model_logits(model, windows, batch_size))
+    return total / count
+
 
 # ---------------------------------------------------------------- perplexity
 
@@ -74,21 +111,12 @@ def perplexity(model, tokenizer, corpus, seqlen: int = 512, max_windows: int | N
         n_windows = min(n_windows, max_windows)
     windows = ids[: n_windows * seqlen].view(n_windows, seqlen)        # [W, L]
     model = as_causal_lm(model)
-    device = model_device(model)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    total_nll, total_tokens = 0.0, 0
     try:
-        for b in tqdm(range(0, n_windows, batch_size), desc=f"perplexity {name}", leave=False):
-            batch = windows[b: b + batch_size].to(device)                   # [B, L]
-            logits = model(input_ids=batch, use_cache=False).logits.float()  # [B, L, V]
-            nll = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                reduction="sum",
-            )
-            total_nll += nll.item()
-            total_tokens += batch[:, 1:].numel()
+        total_nll, total_tokens = next_token_nll(
+            model_logits(model, windows, batch_size, progress=f"perplexity {name}"))
     finally:
         model.train(was_training)
     mean_nll = total_nll / total_tokens

@@ -5,9 +5,10 @@ plus a sidecar ppl.json saying what they came from: the caller's config, `cache.
 (code version, git commit, libraries, CPU) and the sha256 of every file in the set.
 
 Everything is rendered in memory before the first byte reaches disk, so an error in rendering
-or in the config leaves no file behind. Each file is then written atomically (temp file in the
-same directory, then `os.replace`), the sidecar last: a crash between two files can leave a new
-file next to an old one, and the sidecar's sha256 entries tell which files belong together.
+or in the config leaves no file behind. Each file is then written atomically (workbench.atomic:
+temp file in the same directory, fsync, `os.replace`), the sidecar last: a crash between two
+files can leave a new file next to an old one, and the sidecar's sha256 entries tell which
+files belong together.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import cache
+from workbench.atomic import write_bytes_atomic, write_json_atomic
 
 
 def results_root(results_dir: str | Path | None = None) -> Path:
@@ -68,9 +70,9 @@ def write_result_set(
     }
     # Converted before any file is written: an unserializable config leaves nothing behind.
     sidecar = cache.to_jsonable(sidecar)
-    paths = {ext: cache.write_bytes_atomic(directory / f"{name}.{ext}", data)
+    paths = {ext: write_bytes_atomic(directory / f"{name}.{ext}", data)
              for ext, data in files.items()}
-    paths["json"] = cache.write_json_atomic(directory / f"{name}.json", sidecar)
+    paths["json"] = write_json_atomic(directory / f"{name}.json", sidecar)
     return paths
 
 

@@ -12,7 +12,7 @@ A step is a `timing.System` (bench.runtime_system for the lean runtime, bench.hf
 transformers' own forward and KV cache), the same steps `bench decode` times, so the tokens/s
 printed here are measured the way the speed tables measure them, on one prompt, without the
 warm-up. The first new token is picked from the prefill's logits and counted with the prefill;
-each later token is one decode step (DESIGN.md, "Measuring honestly": prefill and decode apart).
+each later token is one decode step (prefill and decode timed apart, as workbench.timing does).
 Only model calls and the token pick are timed, never the consumer's work between tokens.
 """
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from workbench.cpuinfo import cpu_flags as cpu_flags
+from workbench.cpuinfo import cpu_model as cpu_model
 from workbench.packing import MAX_IN_FEATURES, PackedLinear, aligned, pack_linear
 from workbench.reference import linear_int8_ref, quantize_per_token_ref, quantize_static_ref
 
@@ -95,32 +96,9 @@ def quantize_per_token(x, n_threads: int | None = None):
 
 # ---------------------------------------------------------------- CPU report
 
-@lru_cache(maxsize=1)
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_features() -> dict:
-    """What this CPU offers for the kernels and how the extension was built."""
-    flags = _cpu_flags()
+    """What this CPU offers for the kernels (workbench.cpuinfo) and how the extension was built."""
+    flags = cpu_flags()
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),
@@ -310,5 +288,6 @@ class SparseInt8Linear(torch.nn.Module):
 
 
 __all__ = ["ISAS", "MAX_IN_FEATURES", "PackedLinear", "SparseInt8Linear", "active_isa",
-           "check_threads", "cpu_features", "default_threads", "linear_int8_ref", "pack_linear", "packed_matmul",
-           "quantize_per_token", "quantize_per_token_ref", "quantize_static_ref", "set_isa", "supported_isas"]
+           "check_threads", "cpu_features", "cpu_flags", "cpu_model", "default_threads",
+           "linear_int8_ref", "pack_linear", "packed_matmul", "quantize_per_token",
+           "quantize_per_token_ref", "quantize_static_ref", "set_isa", "supported_isas"]

@@ -14,8 +14,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from workbench.arch import get_arch
+from workbench.atomic import atomic_directory
 from workbench.cache import cache_root
 from workbench.hub import require_hub
 
@@ -159,19 +158,11 @@ def _forget_gguf_origin(model) -> None:
 
 def _save_atomically(model, tokenizer, target: Path, source_info: dict) -> None:
     """Save into a temp dir beside target, then swap it in: no half-written cache survives."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         marker = {"source": source_info, "weights_sha256": _file_sha256(tmp / "model.safetensors")}
         (tmp / _MARKER).write_text(json.dumps(marker))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_local_name(name: str) -> bool:

@@ -13,17 +13,18 @@ how well the heuristic agrees with it (top-k overlap, Spearman rank correlation)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from workbench.arch import decoder_layers, get_arch, layer_linears
+from workbench.arch import decoder_layers, get_arch, layer_linears, split_layer_name
 from workbench.data import check_calib
+from workbench.evaluate import mean_next_token_loss as mean_next_token_loss
+from workbench.evaluate import next_token_nll
 from workbench.profiling import ActivationProfile
 
 # metric name → column of ActivationProfile.to_frame()
@@ -114,20 +115,6 @@ def rank_outlier_layers(profile: ActivationProfile, k: int = 10,
 # ---------------------------------------------------------------- measured mode
 
 
-@torch.inference_mode()
-def mean_next_token_loss(model: nn.Module, calib: Tensor, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy (nats) over every predicted position of calib [n, L]."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for b in range(0, calib.shape[0], batch_size):
-        batch = calib[b: b + batch_size].to(device)                      # [B, L]
-        logits = model(input_ids=batch, use_cache=False).logits.float()  # [B, L, V]
-        total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                 batch[:, 1:].reshape(-1), reduction="sum").item()
-        count += batch[:, 1:].numel()
-    return total / count
-
-
 class _LayerReplay:
     """The inputs every decoder layer received in one forward per calibration batch, so that
     the loss with a linear of layer i changed reruns layers i.. only (about half the cost of a
@@ -155,20 +142,20 @@ class _LayerReplay:
                     raise RuntimeError("decoder layers were not each called once")
                 self.batches.append((batch, seen))
 
-    @torch.inference_mode()
-    def loss(self, start: int = 0) -> float:
-        """Mean next-token loss rerunning decoder layers start.. (mean_next_token_loss's)."""
-        total, count = 0.0, 0
+    def logits(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """(logits [B, L, V], tokens [B, L]) per batch, rerunning decoder layers start.. only."""
         for batch, seen in self.batches:
             args, kwargs = seen[start]
             h = args[0] if args else kwargs["hidden_states"]
             for layer, (args, kwargs) in zip(self.layers[start:], seen[start:], strict=True):
                 out = layer(h, *args[1:], **kwargs) if args else layer(**{**kwargs, "hidden_states": h})
                 h = out[0] if isinstance(out, tuple) else out
-            logits = self.head(self.norm(h)).float()
-            total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                     batch[:, 1:].reshape(-1), reduction="sum").item()
-            count += batch[:, 1:].numel()
+            yield self.head(self.norm(h)), batch
+
+    @torch.inference_mode()
+    def loss(self, start: int = 0) -> float:
+        """Mean next-token loss rerunning decoder layers start.. (mean_next_token_loss's)."""
+        total, count = next_token_nll(self.logits(start))
         return total / count
 
 
@@ -220,7 +207,7 @@ def measure_layer_sensitivity(model: nn.Module, calib: Tensor,
         replay = _LayerReplay(model, calib, batch_size)
         if not math.isclose(replay.loss(0), baseline, rel_tol=1e-6, abs_tol=1e-9):
             replay = None                  # an architecture whose head this does not rebuild
-        layer_of = {n: int(n[len(get_arch(model).layers) + 1:].split(".")[0]) for n in names}
+        layer_of = {n: split_layer_name(n)[0] for n in names}
         losses = []
         for name in tqdm(names, desc="layer sensitivity", leave=False):
             parent_name, _, child = name.rpartition(".")

@@ -1,4 +1,4 @@
-"""llama.cpp as a speed peer: GGUF files written from our FP32 weights, and a `bench.System`
+"""llama.cpp as a speed peer: GGUF files written from our FP32 weights, and a `timing.System`
 that decodes them through llama-cpp-python.
 
 The peer runs the same weights as every other system: `gguf_for` writes the FP32 Hugging Face
@@ -72,7 +72,7 @@ def _import_llama_cpp():
 
 
 def llamacpp_system(gguf_path: str | os.PathLike, n_threads: int, n_ctx: int = 512):
-    """A `bench.System` decoding a GGUF file with llama.cpp, batch 1 only.
+    """A `timing.System` decoding a GGUF file with llama.cpp, batch 1 only.
 
     prefill(ids [1, T]) clears the KV cache and evaluates the prompt as one batch (n_batch =
     n_ubatch = n_ctx, so T <= n_ctx is one graph); decode_step(tokens [1]) evaluates one token.

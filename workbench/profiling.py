@@ -18,7 +18,6 @@ A profile is computed once and reused: `save` / `ActivationProfile.load` round-t
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from workbench.arch import decoder_layers, layer_linears
-from workbench.cache import fingerprint_data, write_bytes_atomic
+from workbench.arch import decoder_layers, layer_linears, split_layer_name
+from workbench.atomic import write_bytes_atomic
+from workbench.cache import fingerprint_data
 from workbench.data import check_calib
 
 _FORMAT = 1  # version of the saved dict; bump when its keys change
@@ -149,15 +149,6 @@ def profile_activations(model: nn.Module, calib: Tensor, include_first_token: bo
 
 
 # ---------------------------------------------------------------- the report
-
-
-_LAYER_NAME = re.compile(r"^(?:.*?\.)?(\d+)\.(.+)$")  # "model.layers.3.mlp.up_proj" → 3, "mlp.up_proj"
-
-
-def split_layer_name(name: str) -> tuple[int, str]:
-    """(decoder layer index, module path inside the layer); (-1, name) if name has no index."""
-    m = _LAYER_NAME.match(name)
-    return (int(m.group(1)), m.group(2)) if m else (-1, name)
 
 
 @dataclass

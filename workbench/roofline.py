@@ -1,11 +1,14 @@
 """The bytes roofline of batch-1 decoding, and the measured speeds to hold against it.
 
 Batch-1 decoding streams every weight once per token, so the bytes per weight bound the
-speed-up over dense FP32 (4 bytes/weight) from above (DESIGN.md, "Performance model"):
+speed-up over dense FP32 (4 bytes/weight) from above:
 
     ceiling = 4 / bytes_per_weight
     FP32 4 B/w;  dense INT8 1 B/w;  our sparse INT8: 1 bit of mask + 1 byte per nonzero,
     i.e. 0.125 + density B/w (per-row scales add a few bytes per row, ignored here).
+
+How close a measured system comes is the `roofline` column of results/decode/smollm2-135m.md:
+its streamed bytes per second over the machine's read bandwidth (workbench.bench).
 
 `kernel_results` reads benchmarks/kernels.py's CSV and `decode_results` the decode benchmark's
 CSVs (results/decode/*.csv) when there are any; plots and the explorer read only these frames.

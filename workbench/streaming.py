@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from workbench.arch import decoder_layers, get_arch
+from workbench.atomic import swap_directory, temp_directory
 
 _INDEX = "model.safetensors.index.json"
 _GB = 2 ** 30
@@ -97,12 +97,12 @@ def _storage_dtype(config) -> torch.dtype:
 
 
 class ShardWriter:
-    """Writes a sharded checkpoint into a temporary directory; finish() moves it into place."""
+    """Writes a sharded checkpoint into a temporary directory beside target; finish() swaps it
+    in for target (atomic.swap_directory), abort() removes it."""
 
     def __init__(self, target: Path):
         self.target = Path(target)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=self.target.name + ".tmp-", dir=self.target.parent))
+        self.tmp = temp_directory(self.target)
         self.weight_map: dict[str, str] = {}
         self.total = 0
 
@@ -126,10 +126,7 @@ class ShardWriter:
             config.save_pretrained(self.tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(self.tmp)
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        os.replace(self.tmp, self.target)
-        return self.target
+        return swap_directory(self.tmp, self.target)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

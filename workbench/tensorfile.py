@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from workbench.atomic import atomic_file
 
 ALIGN = 64
 PAD_PREFIX = "__pad__."
@@ -80,18 +81,11 @@ def write(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     meta[_CRC_KEY] = json.dumps({n: _crc(a) for n, a in tensors.items()})
     header = json.dumps({"__metadata__": meta, **entries}, separators=(",", ":")).encode()
     header += b" " * (-(8 + len(header)) % ALIGN)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(header)))
-            f.write(header)
-            for arr in arrays:
-                f.write(_bytes(arr))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for arr in arrays:
+            f.write(_bytes(arr))
     return path
 
 

@@ -1,7 +1,6 @@
 """The speed measurement protocol: a `System` (prefill + decode_step) and how its tokens/s are
-timed — a warm-up, then the median of repeats, prefill and decode apart (DESIGN.md, "Measuring
-honestly"). workbench.bench builds the systems and runs the tables; workbench.peers builds the
-llama.cpp ones.
+timed — a warm-up, then the median of repeats, prefill and decode apart. workbench.bench
+builds the systems and runs the tables; workbench.peers builds the llama.cpp ones.
 """
 
 from __future__ import annotations

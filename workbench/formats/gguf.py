@@ -16,19 +16,20 @@ follows llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel):
 
 The tokenizer.* keys are either copied verbatim from a GGUF llama.cpp already accepted (the
 embedded model's shipped file) or built from a Hugging Face byte-level BPE tokenizer (see
-workbench.formats.gguf_vocab). Files are written to a temp file beside the target, then renamed.
+workbench.formats.gguf_vocab). Files are written atomically (workbench.atomic.atomic_path).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 import torch
 
+from workbench.arch import LLAMA
+from workbench.atomic import atomic_path
 from workbench.formats.gguf_vocab import copy_tokenizer, write_hf_tokenizer
 from workbench.models import EMBEDDED, embedded_gguf_path
 
@@ -39,18 +40,16 @@ _FILE_TYPES = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOST
                "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 _F16_MAX = float(np.finfo(np.float16).max)
 
-# Hugging Face parameter name (layer prefix stripped) -> GGUF tensor name (llama.cpp's names).
-LAYER_TENSORS = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+# Hugging Face parameter name (layer prefix stripped) -> GGUF tensor name (llama.cpp's names),
+# in file order: the attention norm and q, k, v, o (arch.LLAMA's linears in forward order),
+# then the MLP norm and gate, up, down.
+_GGUF_LAYER = (
+    (LLAMA.input_norm, "attn_norm"),
+    *zip(LLAMA.linears[:4], ("attn_q", "attn_k", "attn_v", "attn_output"), strict=True),
+    (LLAMA.post_norm, "ffn_norm"),
+    *zip(LLAMA.linears[4:], ("ffn_gate", "ffn_up", "ffn_down"), strict=True),
+)
+LAYER_TENSORS = {f"{hf}.weight": f"{gguf_name}.weight" for hf, gguf_name in _GGUF_LAYER}
 
 
 def rope_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -64,12 +63,12 @@ def rope_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 def tensor_names(config) -> dict[str, str]:
     """GGUF tensor name -> Hugging Face parameter name, in the order the file holds them."""
-    names = {"token_embd.weight": "model.embed_tokens.weight",
-             "output_norm.weight": "model.norm.weight"}
+    names = {"token_embd.weight": f"{LLAMA.embed}.weight",
+             "output_norm.weight": f"{LLAMA.final_norm}.weight"}
     if not config.tie_word_embeddings:
-        names["output.weight"] = "lm_head.weight"
+        names["output.weight"] = f"{LLAMA.lm_head}.weight"
     for i in range(config.num_hidden_layers):
-        names.update({f"blk.{i}.{g}": f"model.layers.{i}.{h}" for h, g in LAYER_TENSORS.items()})
+        names.update({f"blk.{i}.{g}": f"{LLAMA.layers}.{i}.{h}" for h, g in LAYER_TENSORS.items()})
     return names
 
 
@@ -169,25 +168,18 @@ def _write(model, path: str | os.PathLike, qtype: str, tokenizer) -> Path:
         writer.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=ggml_type)
         plan.append((name, hf_name, ggml_type))
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    os.close(fd)
     try:
-        writer.write_header_to_file(Path(tmp))
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for name, hf_name, ggml_type in plan:
-            w = _fp32_weight(state, name, hf_name, config)
-            writer.write_tensor_data(_encode(w, ggml_type, name))
-        writer.close()
-        os.chmod(tmp, 0o644)                            # mkstemp creates 0600
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            writer.write_header_to_file(tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for name, hf_name, ggml_type in plan:
+                w = _fp32_weight(state, name, hf_name, config)
+                writer.write_tensor_data(_encode(w, ggml_type, name))
+            writer.close()                              # flushed and closed before the rename
     finally:
         writer.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def export_gguf(model, path: str | os.PathLike, qtype: str = "F32",
