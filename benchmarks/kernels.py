@@ -3,6 +3,9 @@ dynamic INT8 (torch.ao.nn.quantized.dynamic.Linear), all measured in one run.
 
     python benchmarks/kernels.py [--quick] [--threads 1,2] [--batches 1,16,128]
 
+Its settings are run_configs.KernelBenchConfig: quick() with --quick or WORKBENCH_QUICK=1 (as
+`python -m workbench bench kernels`), then the flags given.
+
 Weights come from DRAM, as in decoding: every configuration cycles through a set of distinct
 matrices whose total size is at least 4x the last-level cache, so no matrix is still cached
 when it is used again. Each timed call is one module forward (Python call included, as a user
@@ -23,10 +26,21 @@ import torch
 import torch.nn.functional as F
 
 from workbench import kernels as K
+from workbench.cli_common import (
+    QUICK_ENV,
+    UsageError,
+    defaults,
+    float_list,
+    int_list,
+    quick_mode,
+    shown,
+    with_flags,
+)
+from workbench.run_configs import KernelBenchConfig
 from workbench.timing import read_bandwidth
 
-SHAPES = [(1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]   # (out, in)
-SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9]
+SHAPES = list(KernelBenchConfig().shapes)            # (out, in)
+SPARSITIES = list(KernelBenchConfig().sparsities)
 ROTATE = 4            # rotating set >= ROTATE x last-level cache
 
 
@@ -136,41 +150,61 @@ def _fmt(row: dict) -> str:
             f"{row['weight_GBps']:.1f} GB/s ({row['of_probe']:.0%} of probe)")
 
 
-def main() -> None:
+def _shape_list(text: str | None):
+    return None if text is None else tuple(tuple(int(v) for v in s.split("x")) for s in text.split(","))
+
+
+def settings(argv=None) -> tuple[KernelBenchConfig, Path]:
+    """(config, output csv) of a command line: KernelBenchConfig.quick() with --quick or
+    WORKBENCH_QUICK=1 (and a -quick output name), else the defaults; then every flag given
+    replaces its field, so an explicit flag wins over quick mode."""
+    def of(name, show=shown):
+        return defaults(KernelBenchConfig, name, show)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", default="1,2")
-    parser.add_argument("--batches", default="1,16,128")
-    parser.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
-    parser.add_argument("--shapes", default=",".join(f"{o}x{i}" for o, i in SHAPES))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="4096x4096, batch 1, 0/70%%, 1 thread")
-    parser.add_argument("--out", default="results/kernels/kernels.csv")
-    args = parser.parse_args()
+    parser.add_argument("--threads", help=f"comma list ({of('threads')})")
+    parser.add_argument("--batches", help=f"comma list ({of('batches')})")
+    parser.add_argument("--sparsities", help=f"comma list ({of('sparsities')})")
+    parser.add_argument("--shapes", help="comma list of OUTxIN ("
+                        + of("shapes", lambda v: ",".join(f"{o}x{i}" for o, i in v)) + ")")
+    parser.add_argument("--repeats", type=int, help=f"timed rounds at least ({of('repeats')})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"KernelBenchConfig.quick() (also ${QUICK_ENV}=1); flags given win")
+    parser.add_argument("--out", default="results/kernels/kernels.csv",
+                        help="output csv (%(default)s; -quick.csv in quick mode)")
+    args = parser.parse_args(argv)
+    quick = quick_mode(args.quick)
+    try:
+        config = with_flags(KernelBenchConfig.quick() if quick else KernelBenchConfig(),
+                            shapes=_shape_list(args.shapes), repeats=args.repeats,
+                            batches=int_list(args.batches, "--batches"),
+                            sparsities=float_list(args.sparsities, "--sparsities"),
+                            threads=int_list(args.threads, "--threads"))
+    except (UsageError, ValueError) as err:
+        parser.error(str(err))
+    return config, Path(args.out.replace(".csv", "-quick.csv") if quick else args.out)
+
+
+def main(argv=None) -> None:
+    config, out = settings(argv)
     import pandas as pd
 
     from workbench import cache
 
-    if args.quick:
-        args.shapes, args.batches, args.sparsities, args.threads = "4096x4096", "1", "0,0.7", "1"
-        args.out = args.out.replace(".csv", "-quick.csv")
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-    threads = [int(t) for t in args.threads.split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
-    sparsities = [float(s) for s in args.sparsities.split(",")]
     llc = llc_bytes()
-    probe = {t: read_bandwidth(t) for t in threads}
+    probe = {t: read_bandwidth(t) for t in config.threads}
     print(f"kernel path {K.active_isa()} (available {K.supported_isas()}); {K.cpu_model()}\n"
           f"weights cold: each configuration rotates through distinct matrices totalling >= "
           f"{ROTATE}x the {llc >> 20} MiB last-level cache\nread-bandwidth probe: "
           + ", ".join(f"{t} thread(s) {gb:.1f} GB/s" for t, gb in probe.items()), flush=True)
     rows = []
-    for out_f, in_f in shapes:
-        rows += bench_shape(out_f, in_f, sparsities, batches, threads, args.repeats, llc, probe,
-                            lambda r: print(_fmt(r), flush=True))
+    for out_f, in_f in config.shapes:
+        rows += bench_shape(out_f, in_f, config.sparsities, config.batches, config.threads,
+                            config.repeats, llc, probe, lambda r: print(_fmt(r), flush=True))
     frame = pd.DataFrame(rows)
-    cache.write_text_atomic(args.out, frame.to_csv(index=False))
-    cache.write_json_atomic(Path(args.out).with_suffix(".json"),
-                            {"llc_bytes": llc, "rotate_x_llc": ROTATE, "repeats": args.repeats,
+    cache.write_text_atomic(out, frame.to_csv(index=False))
+    cache.write_json_atomic(out.with_suffix(".json"),
+                            {"llc_bytes": llc, "rotate_x_llc": ROTATE, "repeats": config.repeats,
                              "read_probe_GBps": probe, "cpu": K.cpu_features(),
                              "provenance": cache.provenance()})
     print(frame.to_markdown(index=False, floatfmt=".3g"))

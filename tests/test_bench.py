@@ -183,3 +183,37 @@ def test_hf_systems_run_the_protocol(tiny):
     pre, dec = bench.tokens_per_sec(system, vocab=model.config.vocab_size, batch=1,
                                     prompt_len=4, new_tokens=2, warmup=0, repeats=1)
     assert pre > 0 and dec > 0 and system.streamed_bytes <= system.weight_bytes
+
+
+def _kernels_script():
+    """benchmarks/kernels.py as a module (importing it runs no benchmark)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "kernels.py"
+    spec = importlib.util.spec_from_file_location("kernels_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_benchmark_settings_quick_env_and_flags(monkeypatch, capsys):
+    from workbench.run_configs import KernelBenchConfig
+
+    script = _kernels_script()
+    monkeypatch.delenv("WORKBENCH_QUICK", raising=False)
+    config, out = script.settings([])
+    assert config == KernelBenchConfig() and out.name == "kernels.csv"
+    assert script.SHAPES == [(1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]
+    assert script.settings(["--quick"]) == (KernelBenchConfig.quick(), out.with_name("kernels-quick.csv"))
+    monkeypatch.setenv("WORKBENCH_QUICK", "1")                   # the environment, like --quick
+    assert script.settings([]) == script.settings(["--quick"])
+    config, out = script.settings(["--threads", "2", "--shapes", "64x32,32x64"])   # flags win
+    assert (config.threads, config.shapes) == ((2,), ((64, 32), (32, 64)))
+    assert (config.batches, config.sparsities) == ((1,), (0.0, 0.7)) and out.name == "kernels-quick.csv"
+    with pytest.raises(SystemExit):
+        script.settings(["--shapes", "4096"])
+    assert "shapes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.settings(["--threads", "two"])
+    assert "--threads" in capsys.readouterr().err

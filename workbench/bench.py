@@ -3,6 +3,9 @@
     python -m workbench bench decode [--threads 1,2] [--batches 1,8] [--quick]
     python -m workbench bench kernels          # = benchmarks/kernels.py
 
+The CLI's sizes are DecodeBenchConfig and AgreementConfig (workbench.run_configs, importable
+from here): their defaults are the full run, quick() the smoke run.
+
 `tokens_per_sec(system, ...)` times one system: prefill of a prompt [batch, prompt_len], then
 new_tokens greedy decode steps, after a warm-up, median over repeats; prefill and decode
 tokens/s are reported separately. Systems (each a `System` with prefill and decode_step):
@@ -45,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.run_configs import AgreementConfig, DecodeBenchConfig  # the bench CLI's sizes
 from workbench.timing import System, resident_mb, tokens_per_sec
 
 SHAPES = {  # random-weight shape models (hidden, intermediate, layers, heads, kv heads, vocab)
@@ -581,7 +585,7 @@ def _line(r: SpeedResult) -> str:
             f"{r.streamed_mb:.0f} MB/step, {r.roofline:.0%} of the roofline")
 
 
-__all__ = ["LLAMABENCH_SYSTEMS", "LLAMACPP_SYSTEMS", "engine_agreement", "llama_bench_rows",
+__all__ = ["AgreementConfig", "DecodeBenchConfig", "LLAMABENCH_SYSTEMS", "LLAMACPP_SYSTEMS", "engine_agreement", "llama_bench_rows",
            "with_roofline", "agreement_table", "greedy_agreement", "check_system", "EMBEDDED_SYSTEMS", "FIT_SYSTEMS", "FULL_SYSTEMS", "SHAPE_MODELS",
            "SHAPES", "SHAPE_SYSTEMS", "resident_mb", "shape_fp32_gb", "streamed_shape_model", "run_decode", "SpeedResult", "System", "build_system", "extrapolate", "hf_system",
            "magnitude_sparsify_", "measure", "run_isolated", "runtime_system", "shape_model",
