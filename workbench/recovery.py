@@ -40,6 +40,7 @@ from workbench import cache, data, points
 from workbench.checkpoint import RESUME_KEYS
 from workbench.deploy import DeployConfig, deploy, w8a8_comparison
 from workbench.distill import DistillConfig, distill_
+from workbench.executor import ExecutorConfig, Point, as_executor, run_points, worker_model
 from workbench.finetune import SFTConfig, finetune_
 from workbench.pruning import PruneConfig
 from workbench.stats import add_intervals, seed_summary
@@ -74,7 +75,9 @@ class RecoveryConfig:
     perplexity over at most ppl_max_windows windows of ppl_seqlen tokens (None: the whole eval
     split). fewshot is 0: every compared model is fine-tuned in the chat format, and dev
     (the plateau rule) and test are scored in that format alike. packed_methods: the rows also run as packed W8A8 models (deploy.py, `deploy`).
-    checkpoint_every: training steps between resumable checkpoints (not part of any key)."""
+    checkpoint_every: training steps between resumable checkpoints (not part of any key).
+    executor: where the training runs go ("local", "ray" or an ExecutorConfig, see
+    workbench.executor); like checkpoint_every it changes no result and is not in to_dict."""
     sparsities: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
     seeds: tuple[int, ...] = (0,)
     train_n: int = 2000
@@ -91,6 +94,7 @@ class RecoveryConfig:
     packed_methods: tuple[str, ...] = METHODS[1:]
     deploy: DeployConfig = DeployConfig()
     checkpoint_every: int = 10
+    executor: ExecutorConfig | str = "local"
 
     def __post_init__(self):
         object.__setattr__(self, "sparsities", tuple(float(s) for s in self.sparsities))
@@ -118,6 +122,7 @@ class RecoveryConfig:
         if unknown:
             raise ValueError(f"packed_methods must be among {METHODS}, got {unknown}")
         PruneConfig(method=self.prune_method)           # rejects an unknown method
+        as_executor(self.executor)                      # rejects an unknown executor
 
     @classmethod
     def quick(cls, **overrides) -> RecoveryConfig:
@@ -162,7 +167,8 @@ class RecoveryConfig:
                 "ppl": {"seqlen": self.ppl_seqlen, "max_windows": self.ppl_max_windows}}
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "executor"}
 
 
 @dataclass
@@ -191,13 +197,61 @@ def _rows(record: dict, key: str, **labels) -> list[dict]:
     return [{**labels, **row} for row in (record or {}).get(key, [])]
 
 
+def _run_part(model_name: str, base_fp: str, config: RecoveryConfig, store, part) -> dict:
+    """One task of a distributed run (see run_recovery's part), on the worker's own copy of
+    the base model, which must be the driver's."""
+    model, tokenizer = worker_model(model_name)
+    if base_fingerprint(model) != base_fp:
+        raise ValueError(f"the worker's {model_name!r} is not the driver's model (fingerprint "
+                         f"{base_fingerprint(model)[:12]} != {base_fp[:12]}): every node needs "
+                         f"the same checkpoint at the same path")
+    result = run_recovery(model, tokenizer, config, store, part=part)
+    return {"computed": result.computed}
+
+
+def _distribute(model, config: RecoveryConfig, store, executor: ExecutorConfig,
+                model_name: str | None) -> None:
+    """Compute every cached point of the run as tasks on executor: per seed the teacher, then
+    per sparsity its one-shot model, then each recovery run, each after the one it starts from."""
+    name = model_name or str(getattr(model.config, "name_or_path", ""))
+    if not name:
+        raise ValueError("a distributed recovery run needs model_name (what workers load)")
+    base_fp = base_fingerprint(model)
+    points = []
+    for seed in config.seeds:
+        one = dataclasses.replace(config, seeds=(seed,), executor="local")
+        teacher = len(points)
+        points.append(Point(f"teacher/seed{seed}", _run_part, (name, base_fp, one, store, (None, ()))))
+        for sparsity in config.sparsities:
+            pruned = len(points)
+            points.append(Point(f"{config.prune_method}@{sparsity}/seed{seed}", _run_part,
+                                (name, base_fp, one, store, (sparsity, ())), after=(teacher,)))
+            points += [Point(f"{m}@{sparsity}/seed{seed}", _run_part,
+                             (name, base_fp, one, store, (sparsity, (m,))), after=(pruned,))
+                       for m in RECOVERY_METHODS]
+    run_points(points, executor, store=store, desc="recovery runs",
+               cached=lambda r: not r["computed"])
+
+
 def run_recovery(model: nn.Module, tokenizer, config: RecoveryConfig | None = None,
                  store: cache.ResultCache | None = None,
-                 on_row: Callable[[dict], None] | None = None) -> RecoveryResult:
+                 on_row: Callable[[dict], None] | None = None, *,
+                 executor: ExecutorConfig | str | None = None, model_name: str | None = None,
+                 part: tuple | None = None) -> RecoveryResult:
     """Run (or read back from the cache) the experiment of the module docstring on a dense
-    model; model itself is not modified. on_row(row) is called as each table row is ready."""
+    model; model itself is not modified. on_row(row) is called as each table row is ready.
+
+    executor (default: config.executor): "ray" first computes the training runs as Ray tasks
+    (model_name, default model.config.name_or_path, is what the workers load), then builds the
+    table here from the cache. part: (None, ()) only the base and teacher rows; (s, methods)
+    those plus sparsity s's one-shot row and its runs of methods (one task of a distributed run)."""
     config = config or RecoveryConfig()
     store = store or cache.ResultCache()
+    chosen = as_executor(executor if executor is not None else config.executor)
+    if chosen.kind != "local" and part is None:
+        _distribute(model, config, store, chosen, model_name)
+    sparsities = config.sparsities if part is None else tuple(s for s in part[:1] if s is not None)
+    methods = tuple(RECOVERY_METHODS) if part is None else tuple(part[1])
     train_set = data.arith_task("one_step", "train", n=config.train_n)
     dev_set = data.arith_task("one_step", "dev", n=config.dev_n)
     corpus = data.perplexity_corpus("pydoc", "eval")
@@ -254,7 +308,7 @@ def run_recovery(model: nn.Module, tokenizer, config: RecoveryConfig | None = No
         devs += _rows(sft_record, "dev_curve", **labels)
         add(seed, "teacher", "teacher", "SFT", teacher, sft_record, cached, teacher, teacher_fp,
             teacher_fp)
-        for sparsity in config.sparsities:
+        for sparsity in sparsities:
             prune = PruneConfig(method=config.prune_method, sparsity=sparsity)
             pruned, _, summary = pruned_model(name, prune, calib, store, base=(teacher, tokenizer))
             pruned.eval()
@@ -262,7 +316,7 @@ def run_recovery(model: nn.Module, tokenizer, config: RecoveryConfig | None = No
             pruned_fp = cache.fingerprint_model(pruned)
             add(seed, f"{config.prune_method}@{sparsity}", "one-shot", config.prune_method, pruned,
                 None, True, teacher, teacher_fp, pruned_fp)
-            for method in RECOVERY_METHODS:
+            for method in methods:
                 distill = config.distill_config(method, seed)
                 settings = {"distill": _key_dict(distill), "dev": dev_set.fingerprint}
                 data_fp = cache.fingerprint_data([train_set.fingerprint, teacher_fp])

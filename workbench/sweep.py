@@ -15,12 +15,14 @@ CLI, a sweep or the recovery driver is never scored again with the same settings
 from __future__ import annotations
 
 import copy
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from workbench import cache
+from workbench.executor import ExecutorConfig, Point, as_executor, run_points, worker_model
 from workbench.models import load_model
 from workbench.points import Lazy, cached_model
 from workbench.pruning import PruneConfig, prune_
@@ -76,54 +78,100 @@ class SmoothingChoice:
         return SmoothConfig(method=method, alpha=float(alpha) if alpha else 0.5)
 
 
+_PREPARED: dict = {}       # the last (pruned model, tokenizer, activation profile) w8a8_point used
+
+
+def _prepared(model_name, prune, calib, profile_samples, store, base):
+    """The pruned model of a W8A8 row and its activation profile (computed on first need),
+    kept for the next row with the same pruning: a table has a dozen rows per sparsity."""
+    key = (id(base[0]), base_fingerprint(base[0]), cache.hash_json(prune.to_dict() if prune else None),
+           cache.fingerprint_data(calib), profile_samples)
+    if key not in _PREPARED:
+        _PREPARED.clear()
+        model, tok, _ = pruned_model(model_name, prune, calib, store, base=base)
+        _PREPARED[key] = {"model": model, "tok": tok, "profile": None}
+    return _PREPARED[key]
+
+
+def w8a8_point(model_name: str, prune: PruneConfig | None, smoothing: str, activations: str,
+               calib: torch.Tensor, corpus, seqlen: int = 512, max_windows: int | None = 16,
+               profile_samples: int = 32, store: cache.ResultCache | None = None, base=None,
+               compute: bool = True) -> dict | None:
+    """One W8A8 perplexity record: prune (cached weights), smooth (smoothing: "fp32" for the
+    unquantized row, "none", "smoothquant:0.5", "lae" ...), fake-quantize W8A8 with per-channel
+    weights and `activations` granularity, score. compute=False: None when not cached."""
+    store = store or cache.ResultCache()
+    base = base or load_model(model_name)
+    point = {"step": "w8a8-ppl", "prune": prune.to_dict() if prune else None,
+             "smoothing": smoothing, "activations": activations, "seqlen": seqlen,
+             "max_windows": max_windows, "profile_samples": profile_samples}
+    model_fp = base_fingerprint(base[0])
+    data_fp = cache.fingerprint_data([cache.fingerprint_data(calib), corpus.fingerprint])
+    if not compute:
+        return store.get(store.key(point, model_fp=model_fp, data_fp=data_fp))
+
+    def compute_record() -> dict:
+        from workbench.evaluate import perplexity
+        from workbench.profiling import profile_activations
+        from workbench.quant import QuantConfig, quantize_
+        from workbench.smoothing import smooth_
+
+        prepared = _prepared(model_name, prune, calib, profile_samples, store, base)
+        m = copy.deepcopy(prepared["model"])
+        if smoothing != "fp32":
+            choice = SmoothingChoice(smoothing).config()
+            if choice is not None:
+                if prepared["profile"] is None:
+                    prepared["profile"] = profile_activations(prepared["model"],
+                                                              calib[:profile_samples])
+                smooth_(m, prepared["profile"], choice)
+            static = activations == "per_tensor_static"
+            quantize_(m, QuantConfig(activations=activations),
+                      calib=calib[:profile_samples] if static else None)
+        res = perplexity(m, prepared["tok"], corpus, seqlen=seqlen, max_windows=max_windows)
+        return {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
+
+    return store.get_or_compute(point, compute_record, model_fp=model_fp, data_fp=data_fp)
+
+
+def _w8a8_point_task(model_name: str, *args, **kwargs) -> dict:
+    """w8a8_point in a worker process, on the worker's own copy of the base model."""
+    return w8a8_point(model_name, *args, base=worker_model(model_name), **kwargs)
+
+
 def w8a8_table(model_name: str, calib: torch.Tensor, corpus, sparsities=(0.0, 0.5),
                smoothings=("none", "smoothquant:0.5", "smoothquant:0.8", "lae"),
                activations=("per_token", "per_tensor"), prune_method: str = "sparsegpt",
                seqlen: int = 512, max_windows: int | None = 16, profile_samples: int = 32,
-               store: cache.ResultCache | None = None):
+               store: cache.ResultCache | None = None,
+               executor: ExecutorConfig | str | None = None):
     """Perplexity of W8A8 (per-channel weights) for smoothing x activation granularity x sparsity,
-    with an FP32 row per sparsity. Returns a DataFrame; every point is cached."""
+    with an FP32 row per sparsity. Returns a DataFrame; every point (w8a8_point) is cached and
+    runs where executor says (see prune_sweep)."""
     import pandas as pd
-
-    from workbench.evaluate import perplexity
-    from workbench.profiling import profile_activations
-    from workbench.quant import QuantConfig, quantize_
-    from workbench.smoothing import smooth_
 
     store = store or cache.ResultCache()
     base = load_model(model_name)
-    base_fp = cache.fingerprint_model(base[0])
-    data_fp = cache.fingerprint_data([cache.fingerprint_data(calib), corpus.fingerprint])
-    rows = []
+    labels, points = [], []
     for sparsity in sparsities:
         prune = PruneConfig(method=prune_method, sparsity=sparsity) if sparsity else None
-        model = tok = profile = None
         for smoothing in ("fp32", *smoothings):
             for act in (("-",) if smoothing == "fp32" else activations):
-                point = {"step": "w8a8-ppl", "prune": prune.to_dict() if prune else None,
-                         "smoothing": smoothing, "activations": act, "seqlen": seqlen,
-                         "max_windows": max_windows, "profile_samples": profile_samples}
-
-                def compute(point=point, smoothing=smoothing, act=act, prune=prune):
-                    nonlocal model, tok, profile
-                    if model is None:
-                        model, tok, _ = pruned_model(model_name, prune, calib, store, base=base)
-                    m = copy.deepcopy(model)
-                    if smoothing != "fp32":
-                        choice = SmoothingChoice(smoothing).config()
-                        if choice is not None:
-                            if profile is None:
-                                profile = profile_activations(model, calib[:profile_samples])
-                            smooth_(m, profile, choice)
-                        static = act == "per_tensor_static"
-                        quantize_(m, QuantConfig(activations=act), calib=calib[:profile_samples] if static else None)
-                    res = perplexity(m, tok, corpus, seqlen=seqlen, max_windows=max_windows)
-                    return {**point, "perplexity": res.perplexity, "n_tokens": res.n_tokens}
-
-                record = store.get_or_compute(point, compute, model_fp=base_fp, data_fp=data_fp)
-                rows.append({"sparsity": sparsity, "smoothing": smoothing, "activations": act,
-                             "perplexity": record["perplexity"]})
-    return pd.DataFrame(rows)
+                labels.append({"sparsity": sparsity, "smoothing": smoothing, "activations": act})
+                points.append(Point(
+                    label=f"w8a8 {sparsity:g} {smoothing} {act}", fn=_w8a8_point_task,
+                    args=(model_name, prune, smoothing, act, calib, corpus),
+                    kwargs={"seqlen": seqlen, "max_windows": max_windows,
+                            "profile_samples": profile_samples, "store": store}))
+    if as_executor(executor).kind == "local":
+        points = [dataclasses.replace(p, fn=w8a8_point, kwargs={**p.kwargs, "base": base})
+                  for p in points]
+    records = run_points(points, executor, store=store, desc="W8A8 table",
+                         lookup=lambda p: w8a8_point(*p.args, **{**p.kwargs, "base": base},
+                                                     compute=False))
+    _PREPARED.clear()
+    return pd.DataFrame([{**label, "perplexity": record["perplexity"]}
+                         for label, record in zip(labels, records, strict=True)])
 
 
 def selective_w8a8_table(model_name: str, calib: torch.Tensor, corpus, order: list[str],
@@ -284,6 +332,16 @@ class SweepConfig:
                 "beyond_methods": list(self.beyond_methods),
                 "beyond_levels": list(self.beyond_levels), "beyond_tasks": self.beyond_tasks}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepConfig:
+        """to_dict's inverse (its lists back to tuples); an unknown key is a ValueError. The
+        CLI's prune command has its own sizes: run_configs.PruneGridConfig."""
+        unknown = set(d) - set(cls().to_dict())
+        if unknown:
+            raise ValueError(f"unknown SweepConfig keys: {', '.join(sorted(unknown))}")
+        tuples = ("structures", "structure_methods", "beyond_methods", "beyond_levels")
+        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in d.items()})
+
 
 def prune_grid(levels: dict[str, list[float]], structures=()) -> list[PruneConfig]:
     """PruneConfigs: each method at its unstructured sparsities, then at each N:M structure.
@@ -318,14 +376,13 @@ def _scored_model(model_name: str, config: PruneConfig | None, calib: torch.Tens
 
 
 def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor, tasks: dict,
-                store: cache.ResultCache | None = None, base=None, quant=None) -> dict:
+                store: cache.ResultCache | None = None, base=None, quant=None,
+                compute: bool = True) -> dict | None:
     """One row of the sparsity sweep: prune (or read the cached weights), optionally W8A8
     fake-quantize (quant: a QuantConfig), score on every task of tasks ({task: settings}).
     config None is the dense model. The whole row is cached, and so is each score; the
     `prune` CLI asks for the same rows. Accuracy tasks get {task}_lo / {task}_hi: the 95%
-    Wilson interval over their settings["n"] items."""
-    import pandas as pd
-
+    Wilson interval over their settings["n"] items. compute=False: None when not cached."""
     store = store or cache.ResultCache()
     base = base or load_model(model_name)
     base_fp = base_fingerprint(base[0])
@@ -333,8 +390,11 @@ def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor
     qdict = quant.to_dict() if quant is not None else None
     spec = {"step": "prune-sweep", "prune": config.to_dict() if config else None,
             "tasks": tasks, "quant": qdict}
+    if not compute:
+        record = store.get(store.key(spec, model_fp=base_fp, data_fp=calib_fp))
+        return None if record is None else _sweep_row(config, quant, tasks, record)
 
-    def compute() -> dict:
+    def compute_record() -> dict:
         model, tok, summary = _scored_model(model_name, config, calib, store, base, quant)
         model_fp = cache.fingerprint_model(model)
         metrics = {task: evaluate_cached(store, model, tok, model_fp, task, settings)[0]["value"]
@@ -344,7 +404,13 @@ def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor
                 "mean_rel_error": sum(errors) / len(errors) if errors else None,
                 "model_fingerprint": model_fp, "metrics": metrics}
 
-    record = store.get_or_compute(spec, compute, model_fp=base_fp, data_fp=calib_fp)
+    record = store.get_or_compute(spec, compute_record, model_fp=base_fp, data_fp=calib_fp)
+    return _sweep_row(config, quant, tasks, record)
+
+
+def _sweep_row(config: PruneConfig | None, quant, tasks: dict, record: dict) -> dict:
+    import pandas as pd
+
     row = {"method": config.method if config else "dense",
            "structure": config.structure if config else "-",
            "layer_sparsity": config.layer_sparsity if config else "-",
@@ -359,21 +425,45 @@ def prune_point(model_name: str, config: PruneConfig | None, calib: torch.Tensor
     return row
 
 
+def _prune_point_task(model_name: str, config, calib, tasks, store, quant=None) -> dict:
+    """prune_point in a worker process, on the worker's own copy of the base model."""
+    return prune_point(model_name, config, calib, tasks, store, base=worker_model(model_name),
+                       quant=quant)
+
+
+def sweep_points(model_name: str, grid: list[PruneConfig | None], calib: torch.Tensor,
+                 tasks: dict, store: cache.ResultCache, quant=None, base=None) -> list[Point]:
+    """The executor points of prune_sweep: prune_point of each config (None: dense). With base
+    (a loaded model of model_name) the points use it: for running in this process."""
+    points = [Point(label=f"prune {i}: {c.method} {c.structure} {c.sparsity:g}" if c else "dense",
+                    fn=_prune_point_task, args=(model_name, c, calib, tasks, store),
+                    kwargs={"quant": quant})
+              for i, c in enumerate(grid)]
+    if base is not None:
+        points = [dataclasses.replace(p, fn=prune_point, kwargs={**p.kwargs, "base": base})
+                  for p in points]
+    return points
+
+
 def prune_sweep(model_name: str, grid: list[PruneConfig], calib: torch.Tensor, tasks: dict,
-                store: cache.ResultCache | None = None, quant=None, on_row=None):
+                store: cache.ResultCache | None = None, quant=None, on_row=None,
+                executor: ExecutorConfig | str | None = None, base=None):
     """The dense row, then prune_point for every config of grid: a DataFrame with columns
     method, structure, target, sparsity (reached), quant, one per task, prune_s, mean_rel_error.
-    on_row(row) is called as each row is ready (for progress)."""
+    on_row(row) is called as each row is ready (for progress). executor: where the points that
+    are not cached run ("local", "ray" or an ExecutorConfig; see workbench.executor); the rows
+    are the same and in grid order either way. base: model_name already loaded, (model,
+    tokenizer), never modified."""
     import pandas as pd
-    from tqdm.auto import tqdm
 
     store = store or cache.ResultCache()
-    base = load_model(model_name)
-    rows = []
-    for config in tqdm([None, *grid], desc="sparsity sweep", leave=False):
-        rows.append(prune_point(model_name, config, calib, tasks, store, base=base, quant=quant))
-        if on_row is not None:
-            on_row(rows[-1])
+    base = base or load_model(model_name)
+    local = as_executor(executor).kind == "local"   # then the loaded base serves every point
+    points = sweep_points(model_name, [None, *grid], calib, tasks, store, quant,
+                          base=base if local else None)
+    rows = run_points(points, executor, store=store, desc="sparsity sweep",
+                      lookup=lambda p: prune_point(*p.args, quant=quant, base=base, compute=False),
+                      on_result=(lambda _, row: on_row(row)) if on_row is not None else None)
     return pd.DataFrame(rows)
 
 
