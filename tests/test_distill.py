@@ -295,3 +295,33 @@ def test_teacher_student_mismatch_is_a_value_error(pair, task, dims, field):
 def test_lazy_exports():
     assert workbench.finetune_ is finetune_ and workbench.distill_ is distill_
     assert workbench.SFTConfig is SFTConfig and workbench.DistillConfig is DistillConfig
+
+
+# Hashes of DistillConfig.to_dict() before it took workbench.configs.Serializable.
+PINNED_KEYS = [(dict(), "a111c99b3a1e5ca55df60b9026b4ff543d5dae2afef24249b6738867bd930a8a"),
+               (dict(kd=1.0, squarehead=0.0, temperature=2.0),
+                "3fbcfd95817674b329a489f415e646a21c018de48a9296db5d8fe7f3f5564f58")]
+
+
+@pytest.mark.parametrize("kwargs,key", PINNED_KEYS)
+def test_distill_config_keys_are_pinned_and_round_trip(kwargs, key):
+    from workbench.cache import hash_json
+
+    cfg = DistillConfig(**kwargs)
+    assert hash_json(cfg.to_dict()) == key
+    assert DistillConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown DistillConfig keys: alpha"):
+        DistillConfig.from_dict({**cfg.to_dict(), "alpha": 0.5})
+
+
+def test_distill_report_round_trips_as_a_distill_report(pair, task):
+    _, report = _distill(pair, task, steps=2)
+    back = DistillReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert type(back) is DistillReport and back == report
+    assert {"squarehead", "ce", "kd"} <= set(back.losses[0])
+
+
+def test_distill_refuses_another_config(pair, task):
+    teacher, student, tok = pair
+    with pytest.raises(TypeError, match="DistillConfig"):
+        distill_(copy.deepcopy(student), teacher, task, SFTConfig(), tokenizer=tok)

@@ -2,15 +2,19 @@
 error ordering on correlated inputs, OWL's block sparsities, DSnoT's refinement, and the
 sequential driver on tiny models."""
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
 from workbench import arch, data
 from workbench.baselines import magnitude_prune, ria_prune, ria_score, wanda_prune
+from workbench.cache import hash_json
 from workbench.dsnot import dsnot_refine
 from workbench.models import tiny_llama
 from workbench.owl import outlier_ratio, owl_sparsities
-from workbench.pruning import PruneConfig, current_masks, prune_
+from workbench.pruning import PruneConfig, PruneReport, current_masks, prune_
 from workbench.sparsegpt import HessianAccumulator, reconstruction_error, sparsify_weight
 
 
@@ -137,6 +141,77 @@ def test_new_options_keep_old_cache_keys():
     assert d["layer_sparsity"] == "owl" and d["refine"] == "dsnot"
     assert PruneConfig(**d) == PruneConfig(method="ria", sparsity=0.7, layer_sparsity="owl",
                                            refine="dsnot")
+
+
+# Hashes of PruneConfig.to_dict(), computed before the config became frozen and Serializable:
+# every cached prune point is keyed by them, so they must never change.
+PINNED_KEYS = [
+    (dict(), "087faaa671269c46af6f29bf20b85211e38038d9e8582920dd6f69b316a420c7"),
+    (dict(method="wanda", sparsity=0.7),
+     "15ff25351a546e6a0cce30f872c344db31c9915c391f9a9530e43b70df9c7992"),
+    (dict(structure="2:4"), "cd9f8df5fafbdb1bae89d3dbd246ca7a73ca39de638ff6cb4c93b74a98eb4a37"),
+    (dict(method="magnitude", structure="4:8"),
+     "9145329460b22e3c1dcf1bb5d2e6eb6add6e2982ea83bfe12651717ae5f1ff6f"),
+    (dict(method="ria", sparsity=0.6, layer_sparsity="owl", refine="dsnot"),
+     "c9b693e0ba8d58d97d10f72b8b034985bbf53645ebd8a8b5171f8de46d7c4689"),
+    (dict(targets=("model.layers.0.*",), ignore=("down_proj",)),
+     "d49565212f36d75877794b606ba9c62b2a46145639dc2088bba6b18cb189cb70")]
+
+
+@pytest.mark.parametrize("kwargs,key", PINNED_KEYS)
+def test_cache_keys_of_prune_configs_are_pinned(kwargs, key):
+    assert hash_json(PruneConfig(**kwargs).to_dict()) == key
+
+
+@pytest.mark.parametrize("kwargs", [k for k, _ in PINNED_KEYS] + [dict(structure="1:4")])
+def test_prune_config_round_trips_through_json(kwargs):
+    cfg = PruneConfig(**kwargs)
+    assert PruneConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown PruneConfig keys: sparcity"):
+        PruneConfig.from_dict({**cfg.to_dict(), "sparcity": 0.5})
+
+
+def test_prune_config_is_frozen():
+    cfg = PruneConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sparsity = 0.7
+    assert dataclasses.replace(cfg, sparsity=0.7).sparsity == 0.7 and cfg.sparsity == 0.5
+
+
+@pytest.mark.parametrize("structure,n,m", [("2:4", 2, 4), ("4:8", 4, 8), ("1:4", 1, 4)])
+def test_nm_structure_fixes_the_sparsity_and_refuses_another(structure, n, m):
+    assert PruneConfig(structure=structure).sparsity == n / m
+    assert PruneConfig(structure=structure, sparsity=n / m).prune_nm == (n, m)
+    with pytest.raises(ValueError, match=f"sparsity=0.7 contradicts structure='{structure}'"):
+        PruneConfig(sparsity=0.7, structure=structure)
+    cfg = PruneConfig(structure=structure)
+    with pytest.raises(ValueError, match="contradicts"):   # replace keeps the N/M it resolved
+        dataclasses.replace(cfg, sparsity=0.7)
+    assert PruneConfig().sparsity == 0.5 and PruneConfig(sparsity=0.0).sparsity == 0.0
+
+
+@pytest.mark.parametrize("bad,named", [
+    (dict(blocksize=0), "blocksize"), (dict(batch_size=2.5), "batch_size"),
+    (dict(percdamp=-0.1), "percdamp"), (dict(sparsity="0.5"), "sparsity"),
+    (dict(targets="q_proj"), "targets"), (dict(ignore=("",)), "ignore"),
+    (dict(structure=24), "structure"), (dict(method="obs"), "method")])
+def test_bad_fields_name_themselves(bad, named):
+    with pytest.raises(ValueError, match=named):
+        PruneConfig(**bad)
+
+
+def test_prune_report_round_trips_without_its_masks():
+    model, _ = tiny_llama(seed=1)
+    report = prune_(model, None, PruneConfig(method="magnitude", sparsity=0.5))
+    record = json.loads(json.dumps(report.to_dict()))
+    assert record["sparsity"] == report.sparsity
+    back = PruneReport.from_dict(record)
+    assert back == report and back.layers == report.layers and back.masks == {}
+    assert back.sparsity == report.sparsity
+    with pytest.raises(ValueError, match="unknown PruneReport keys: mask"):
+        PruneReport.from_dict({**record, "mask": []})
+    with pytest.raises(TypeError, match="PruneConfig"):
+        prune_(model, None, {"method": "magnitude"})
 
 
 # ---------------------------------------------------------------- RIA
@@ -333,7 +408,9 @@ def test_owl_in_the_driver_hits_the_mean_and_the_band(method, calib):
 @pytest.mark.parametrize("method,structure", [("wanda", "unstructured"), ("sparsegpt", "unstructured"),
                                               ("ria", "2:4"), ("magnitude", "4:8")])
 def test_dsnot_in_the_driver_lowers_each_error_and_keeps_counts(method, structure, calib):
-    base = dict(method=method, sparsity=0.6, structure=structure, blocksize=32)
+    # N:M fixes the sparsity at N/M; only the unstructured runs name one
+    level = {"sparsity": 0.6} if structure == "unstructured" else {}
+    base = dict(method=method, structure=structure, blocksize=32, **level)
     plain, _ = tiny_llama(seed=1)
     first = prune_(plain, calib, PruneConfig(**base, targets=("model.layers.0.*",)))
     refined, _ = tiny_llama(seed=1)

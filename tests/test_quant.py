@@ -1,6 +1,7 @@
 """INT8 quantizers and W8A8 fake-quant: error bounds, kernel parity, the quantize_ step."""
 
 import copy
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -11,9 +12,11 @@ from torch import nn
 
 from workbench import kernels
 from workbench.arch import UnsupportedArchitectureError, layer_linears
+from workbench.cache import hash_json
 from workbench.models import tiny_llama
 from workbench.quant import (
     QuantConfig,
+    QuantReport,
     W8A8Linear,
     fake_quant_activation,
     fake_quant_weight,
@@ -215,6 +218,109 @@ def test_quantize_refuses_unknown_plan_names_and_double_quantization(fp32):
     quantize_(model)
     with pytest.raises(ValueError, match="already quantized"):
         quantize_(model)
+
+
+# Hashes of QuantConfig.to_dict() before targets / ignore existed: cached W8A8 and sensitivity
+# points are keyed by them.
+PINNED_KEYS = [
+    (dict(), "99526d53f4ae55469a5d0ca036458962fd9b56a1425be1b9ac7f8fe91bf529d7"),
+    (dict(activations="per_tensor"), "82e765214bc229c6efab4418630659856e8d28e3658c38e55a19a1fff2804a2b"),
+    (dict(weights="per_tensor", activations="per_tensor_static"),
+     "d1f53e8c669cfa4eaa20f38bf85a4760eb926ed046a30a4f2313fe67cc1fd065")]
+
+
+@pytest.mark.parametrize("kwargs,key", PINNED_KEYS)
+def test_cache_keys_of_quant_configs_are_pinned(kwargs, key):
+    assert hash_json(QuantConfig(**kwargs).to_dict()) == key
+
+
+def test_selection_fields_round_trip_and_are_checked():
+    cfg = QuantConfig(targets=("model.layers.0.*",), ignore=("down_proj",))
+    assert cfg.to_dict()["ignore"] == ["down_proj"]
+    assert QuantConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="ignore"):
+        QuantConfig(ignore="down_proj")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.weights = "per_tensor"
+
+
+def test_new_and_old_call_forms_quantize_alike(fp32):
+    """quantize_(model, calib, config, plan=...) and the older (model, config, plan, calib,
+    batch_size), positional or by keyword, give the same scales and the same model."""
+    calib = _ids(n=3, L=16, seed=9)
+    cfg = QuantConfig(weights="per_tensor", activations="per_tensor_static")
+    plan = ["model.layers.0.mlp.down_proj"]
+    calls = [lambda m: quantize_(m, calib, cfg, plan=plan, batch_size=2),
+             lambda m: quantize_(m, cfg, plan, calib, 2),
+             lambda m: quantize_(m, cfg, plan=plan, calib=calib, batch_size=2),
+             lambda m: quantize_(m, config=cfg, plan=plan, calib=calib, batch_size=2)]
+    reports, logits = [], []
+    for call in calls:
+        model = copy.deepcopy(fp32[0])
+        reports.append(call(model))
+        with torch.no_grad():
+            logits.append(model(_ids()).logits)
+    for r, out in zip(reports[1:], logits[1:], strict=True):
+        assert r.static_scales == reports[0].static_scales and r.kept_fp32 == plan
+        assert torch.equal(out, logits[0])
+
+
+def test_call_form_mistakes_are_type_errors(fp32):
+    model = copy.deepcopy(fp32[0])
+    calib = _ids(n=2, L=8)
+    with pytest.raises(TypeError, match="twice"):
+        quantize_(model, calib, QuantConfig(), calib=calib)
+    with pytest.raises(TypeError, match="plan twice"):
+        quantize_(model, QuantConfig(), ["a"], plan=["b"])
+    with pytest.raises(TypeError, match="token ids"):
+        quantize_(model, ["model.layers.0.mlp.down_proj"])
+    with pytest.raises(TypeError, match="by keyword"):
+        quantize_(model, calib, QuantConfig(), None, 8)
+    with pytest.raises(TypeError, match="QuantConfig"):
+        quantize_(model, calib, {"weights": "per_channel"})
+    assert all(type(m) is nn.Linear for m in layer_linears(model).values())
+
+
+def test_ignore_keeps_layers_fp32_like_a_plan(fp32):
+    by_config, by_plan = copy.deepcopy(fp32[0]), copy.deepcopy(fp32[0])
+    names = list(layer_linears(by_config))
+    down = [n for n in names if n.endswith("down_proj")]
+    r1 = quantize_(by_config, config=QuantConfig(ignore=("down_proj",)))
+    r2 = quantize_(by_plan, config=QuantConfig(), plan=down)
+    assert r1.kept_fp32 == r2.kept_fp32 == down
+    assert r1.quantized == r2.quantized == [n for n in names if n not in down]
+    with torch.no_grad():
+        assert torch.equal(by_config(_ids()).logits, by_plan(_ids()).logits)
+    # targets and the plan combine: layer 0 only, less the plan's layer
+    model = copy.deepcopy(fp32[0])
+    r3 = quantize_(model, config=QuantConfig(targets=("model.layers.0.*",)), plan=[names[0]])
+    assert r3.quantized == [n for n in names if n.startswith("model.layers.0.")][1:]
+    assert r3.kept_fp32 == [n for n in names if n not in r3.quantized]
+    with pytest.raises(ValueError, match="no decoder Linear matches"):
+        quantize_(copy.deepcopy(fp32[0]), config=QuantConfig(targets=("lm_head",)))
+
+
+def test_quant_report_round_trips(fp32):
+    model = copy.deepcopy(fp32[0])
+    report = quantize_(model, _ids(n=2, L=8), QuantConfig(activations="per_tensor_static"))
+    assert QuantReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    with pytest.raises(ValueError, match="unknown QuantReport keys: extra"):
+        QuantReport.from_dict({**report.to_dict(), "extra": 1})
+
+
+def test_pack_selects_layers_like_quantize(fp32):
+    from workbench.runtime import pack
+
+    model = fp32[0]
+    down = [n for n in layer_linears(model) if n.endswith("down_proj")]
+    by_ignore = pack(model, ignore=("down_proj",), lm_head="fp32")
+    by_plan = pack(model, plan=down, lm_head="fp32")
+    assert by_ignore.recipe[-1] == by_plan.recipe[-1]
+    assert by_ignore.recipe[-1]["config"]["plan"] == sorted(down)
+    ids = _ids(n=1, L=12)
+    assert torch.equal(by_ignore.forward_logits(ids), by_plan.forward_logits(ids))
+    with pytest.raises(ValueError, match="targets"):
+        pack(model, targets="down_proj")
 
 
 def test_quantize_refuses_unsupported_architecture():

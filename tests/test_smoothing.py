@@ -226,3 +226,81 @@ def test_smooth_refuses_unsupported_architecture():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
         smooth_(model, SimpleNamespace(layers={}))
+
+
+# ---------------------------------------------------------------- one step shape
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_token_ids_are_profiled_first(outlier_model):
+    """smooth_(model, calib ids, config) is smooth_ on profile_activations(model, calib ids)."""
+    from workbench.profiling import profile_activations
+
+    base = outlier_model[0]
+    ids = _ids(n=3, L=16, seed=4)
+    by_ids, by_profile = copy.deepcopy(base), copy.deepcopy(base)
+    r1 = smooth_(by_ids, ids, SmoothConfig(alpha=0.6))
+    r2 = smooth_(by_profile, profile_activations(base, ids), SmoothConfig(alpha=0.6))
+    assert r1.groups == r2.groups
+    w1, w2 = _weights(by_ids), _weights(by_profile)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert not torch.equal(w1["model.layers.0.input_layernorm.weight"],
+                           base.model.layers[0].input_layernorm.weight)
+    with pytest.raises(TypeError, match="ActivationProfile"):
+        smooth_(copy.deepcopy(base), [1, 2, 3])
+    with pytest.raises(TypeError, match="SmoothConfig"):
+        smooth_(copy.deepcopy(base), ids, {"alpha": 0.5})
+
+
+def test_targets_and_ignore_pick_whole_groups(outlier_model):
+    base, ref, profile = outlier_model
+    before = _weights(base)
+    model = copy.deepcopy(base)
+    report = smooth_(model, profile, SmoothConfig(targets=("model.layers.0.*",),
+                                                  ignore=("*.mlp.*",)))
+    assert list(report.groups) == ["model.layers.0.input_layernorm"]
+    after = _weights(model)
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {f"model.layers.0.{n}.weight" for n in
+                       ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+                        "self_attn.v_proj")}
+    with torch.no_grad():
+        assert _rel(model(_ids()).logits, ref) <= 1e-4
+    # an ignored Linear's group needs no statistics
+    partial = {k: v for k, v in profile.layers.items() if ".mlp." not in k}
+    smooth_(copy.deepcopy(base), SimpleNamespace(layers=partial), SmoothConfig(ignore=("*.mlp.*",)))
+    with pytest.raises(ValueError, match=r"select part of .*k_proj"):
+        smooth_(copy.deepcopy(base), profile, SmoothConfig(ignore=("k_proj",)))
+    with pytest.raises(ValueError, match="no norm -> linears group"):
+        smooth_(copy.deepcopy(base), profile, SmoothConfig(targets=("o_proj",)))
+
+
+# Hashes of SmoothConfig.to_dict() before targets / ignore existed (recipes carry it).
+PINNED_KEYS = [(dict(), "a2fc71e3e89afef8c6806b3b8b142f3d786f1e6496c919c4042a27a41f0afeaa"),
+               (dict(method="lae", lae_statistic="range"),
+                "514d1e6cbb84e951cda623993d70f9937194f51ebbc1ab250bb6321667672e30")]
+
+
+@pytest.mark.parametrize("kwargs,key", PINNED_KEYS)
+def test_smooth_config_keys_are_pinned_and_round_trip(kwargs, key):
+    from workbench.cache import hash_json
+
+    cfg = SmoothConfig(**kwargs)
+    assert hash_json(cfg.to_dict()) == key
+    for c in (cfg, SmoothConfig(**kwargs, targets=("model.layers.0.*",), ignore=("*.mlp.*",))):
+        assert SmoothConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(ValueError, match="unknown SmoothConfig keys: beta"):
+        SmoothConfig.from_dict({"beta": 1})
+    with pytest.raises(ValueError, match="targets"):
+        SmoothConfig(targets="q_proj")
+
+
+def test_smooth_report_round_trips(outlier_model):
+    from workbench.smoothing import SmoothReport
+
+    report = smooth_(copy.deepcopy(outlier_model[0]), outlier_model[2])
+    assert SmoothReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    with pytest.raises(ValueError, match="unknown SmoothReport keys: extra"):
+        SmoothReport.from_dict({**report.to_dict(), "extra": 0})

@@ -271,3 +271,43 @@ def test_finetune_with_a_dev_task_scores_real_generations(task):
 def test_new_fields_are_validated(kw, field):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**kw)
+
+
+# ---------------------------------------------------------------- config and report as JSON
+
+# Hashes of to_dict() computed before the configs took workbench.configs.Serializable: the
+# recovery points are keyed by them.
+PINNED_KEYS = [(TrainConfig, dict(), "1ebbed65370bccd06ca1d86763882506f3a79571f1f463edf89ad5ef651a6f0e"),
+               (SFTConfig, dict(steps=600, eval_every=25, patience=4, precision="bf16"),
+                "2432f613de5f38b6b84b6914a2581808482b10bccfb84d126a04761e98b5c916")]
+
+
+@pytest.mark.parametrize("cls,kwargs,key", PINNED_KEYS)
+def test_train_config_keys_are_pinned_and_round_trip(cls, kwargs, key):
+    import json
+
+    from workbench.cache import hash_json
+
+    cfg = cls(**kwargs)
+    assert hash_json(cfg.to_dict()) == key
+    back = cls.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and type(back) is cls
+    with pytest.raises(ValueError, match=f"unknown {cls.__name__} keys: learning_rate"):
+        cls.from_dict({"learning_rate": 1e-4})
+
+
+def test_train_report_round_trips_and_config_type_is_checked():
+    import json
+
+    from workbench.training import TrainReport
+
+    model, _ = tiny_llama(seed=0)
+    ids = torch.randint(0, 259, (4, 16), generator=torch.Generator().manual_seed(0))
+    report = finetune_(model, ids, SFTConfig(steps=2, batch_size=2, seqlen=16, **REFERENCE))
+    assert report.steps == 2 and len(report.losses) == 2
+    back = TrainReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert back == report
+    with pytest.raises(ValueError, match="unknown TrainReport keys: loss"):
+        TrainReport.from_dict({**report.to_dict(), "loss": 1.0})
+    with pytest.raises(TypeError, match="SFTConfig"):
+        finetune_(model, ids, PruneConfig())

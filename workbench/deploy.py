@@ -20,22 +20,22 @@ is a same-run ratio. Size is PackedModel.nbytes.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from workbench import cache
+from workbench.configs import Serializable, check_number
 from workbench.points import Lazy
 from workbench.sweep import SmoothingChoice, evaluate_cached
-from workbench.training import check_number
 
 PACK_SETTINGS = {"weights": "per_channel", "activations": "per_token", "lm_head": "int8",
                  "format": "auto"}
 
 
 @dataclass(frozen=True)
-class DeployConfig:
+class DeployConfig(Serializable):
     """smoothings: labels compared on W8A8 perplexity ("none", "smoothquant:0.5", "lae", ...);
     smoothing: the one the packed model gets. profile_samples: calibration windows whose
     activation statistics set the smoothing scales. speed_*: the decode measurement (random
@@ -60,19 +60,15 @@ class DeployConfig:
                      "speed_repeats"):
             check_number(name, getattr(self, name), 1, strict=False, integer=True)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def smoothed_copy(model: nn.Module, label: str, calib: torch.Tensor) -> nn.Module:
     """A copy of model with the smoothing `label` folded in (calib: profile windows)."""
-    from workbench.profiling import profile_activations
     from workbench.smoothing import smooth_
 
     out = copy.deepcopy(model)
     choice = SmoothingChoice(label).config()
     if choice is not None:
-        smooth_(out, profile_activations(model, calib), choice)
+        smooth_(out, calib, choice)                 # profiles the copy: the same weights
     return out.eval()
 
 
@@ -91,7 +87,7 @@ def w8a8_comparison(store: cache.ResultCache, model: nn.Module, tokenizer, model
 
         def compute(label=label, spec=spec) -> dict:
             m = smoothed_copy(model, label, calib)
-            quantize_(m, QuantConfig(weights="per_channel", activations="per_token"))
+            quantize_(m, config=QuantConfig(weights="per_channel", activations="per_token"))
             r = perplexity(m, tokenizer, corpus, seqlen=seqlen, max_windows=config.w8a8_windows)
             return {**spec, "perplexity": r.perplexity, "n_tokens": r.n_tokens}
 

@@ -32,9 +32,10 @@ from torch import nn
 
 from workbench import recipe
 from workbench.arch import get_arch
+from workbench.configs import check_number
 from workbench.data import Task
 from workbench.finetune import as_examples, dev_evaluator, lm_forward, lm_loss
-from workbench.training import TrainConfig, TrainReport, autocast, check_number, train_loop
+from workbench.training import TrainConfig, TrainReport, autocast, train_loop
 
 LOSSES = ("squarehead", "ce", "kd")
 _SAME = ("num_hidden_layers", "hidden_size", "vocab_size")   # teacher and student must agree
@@ -120,8 +121,14 @@ def distill_(student: nn.Module, teacher: nn.Module, data, config: DistillConfig
     """Distill teacher into student in place with SquareHead (+ CE, KD); the student's pruned
     decoder weights stay exactly zero. data: an arith Task (needs tokenizer), a LongTensor of
     token ids [N, T], or a list of workbench.training.Example. dev: the Task of the dev
-    evaluations (early stopping, see training.py)."""
+    evaluations (early stopping, see training.py).
+
+    The step shape is (model, data, config) with the teacher before data: the teacher is a
+    second model the loss reads, not data (it is not consumed batch by batch, and it must match
+    the student's architecture, which check_pair verifies first)."""
     config = config or DistillConfig()
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
     check_pair(student, teacher)
     examples = as_examples(data, tokenizer, config.seqlen)
     evaluator = dev_evaluator(tokenizer, dev, config.dev_fewshot) if dev is not None else None

@@ -178,6 +178,9 @@ def finetune_(model: nn.Module, data, config: SFTConfig | None = None, *,
     """Fine-tune model in place on the answer tokens of data (see module docstring);
     pruned decoder weights, if any, stay zero. dev: the Task of the dev evaluations."""
     config = config or SFTConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be an SFTConfig (a TrainConfig), "
+                        f"got {type(config).__name__}")
     examples = as_examples(data, tokenizer, config.seqlen)
     evaluator = dev_evaluator(tokenizer, dev, config.dev_fewshot) if dev is not None else None
 

@@ -17,9 +17,9 @@ reconstruction error (workbench.dsnot).
 
 from __future__ import annotations
 
-import fnmatch
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,93 +28,101 @@ from tqdm.auto import tqdm
 from workbench import recipe
 from workbench.arch import decoder_layers, get_arch
 from workbench.baselines import magnitude_prune, ria_prune, wanda_prune
+from workbench.configs import Serializable, check_choice, check_number, later_field
 from workbench.data import check_calib
 from workbench.dsnot import dsnot_refine
 from workbench.owl import check_owl, outlier_ratio, owl_sparsities
+from workbench.selection import check_patterns, is_selected
 from workbench.sparsegpt import HessianAccumulator, reconstruction_error, sparsify_weight
 
 METHODS = ("sparsegpt", "wanda", "magnitude", "ria")
 LAYER_SPARSITIES = ("uniform", "owl")
 REFINES = ("none", "dsnot")
-# Options added after the first configs were cached: to_dict leaves them out at these defaults,
-# so every earlier cached point keeps its key.
-_LATER_DEFAULTS = {"layer_sparsity": "uniform", "owl_lambda": 0.08, "owl_m": 5.0,
-                   "refine": "none", "dsnot_iters": 50, "ria_a": 0.5}
+DEFAULT_SPARSITY = 0.5          # of an unstructured config that names none
 
 
-@dataclass
-class PruneConfig:
+@dataclass(frozen=True)
+class PruneConfig(Serializable):
+    """What to prune and how. sparsity: the unstructured target; left None it is 0.5, or N/M
+    for an N:M structure, which fixes it (another value is an error). The options after
+    batch_size were added after the first configs were cached: to_dict leaves them out at
+    their defaults, so every earlier cached point keeps its key."""
     method: str = "sparsegpt"
-    sparsity: float = 0.5                 # unstructured target; N:M implies N/M
+    sparsity: float | None = None         # unstructured target; None: 0.5, or N/M for N:M
     structure: str = "unstructured"       # or "N:M" with N pruned of every M, e.g. "2:4", "4:8"
-    targets: tuple[str, ...] = ()         # name patterns to prune (fnmatch or suffix); () = all
+    targets: tuple[str, ...] = ()         # name patterns to prune (workbench.selection); () = all
     ignore: tuple[str, ...] = ()          # name patterns never pruned
     blocksize: int = 128                  # SparseGPT column block
     percdamp: float = 0.01                # SparseGPT dampening, fraction of mean(diag H)
     batch_size: int = 8                   # calibration sequences per forward
-    layer_sparsity: str = "uniform"       # or "owl": per-block sparsity from outlier ratios
-    owl_lambda: float = 0.08              # OWL: block sparsities within target ± owl_lambda
-    owl_m: float = 5.0                    # OWL: outlier = score above owl_m x the block mean
-    refine: str = "none"                  # or "dsnot": prune-and-grow after the pruner
-    dsnot_iters: int = 50                 # DSnoT: swap rounds per matrix (its max_cycle_time)
-    ria_a: float = 0.5                    # RIA: exponent of ||X_j|| in its score
+    layer_sparsity: str = later_field("uniform")   # or "owl": per-block sparsity from outlier ratios
+    owl_lambda: float = later_field(0.08)  # OWL: block sparsities within target ± owl_lambda
+    owl_m: float = later_field(5.0)       # OWL: outlier = score above owl_m x the block mean
+    refine: str = later_field("none")     # or "dsnot": prune-and-grow after the pruner
+    dsnot_iters: int = later_field(50)    # DSnoT: swap rounds per matrix (its max_cycle_time)
+    ria_a: float = later_field(0.5)       # RIA: exponent of ||X_j|| in its score
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.layer_sparsity not in LAYER_SPARSITIES:
-            raise ValueError(f"layer_sparsity must be one of {', '.join(LAYER_SPARSITIES)}, "
-                             f"got {self.layer_sparsity!r}")
-        if self.refine not in REFINES:
-            raise ValueError(f"refine must be one of {', '.join(REFINES)}, got {self.refine!r}")
-        if not isinstance(self.dsnot_iters, int) or self.dsnot_iters < 0:
-            raise ValueError(f"dsnot_iters must be an int >= 0, got {self.dsnot_iters!r}")
-        if not self.ria_a >= 0:
-            raise ValueError(f"ria_a must be >= 0, got {self.ria_a}")
+        check_choice("method", self.method, METHODS)
+        check_choice("layer_sparsity", self.layer_sparsity, LAYER_SPARSITIES)
+        check_choice("refine", self.refine, REFINES)
+        check_number("dsnot_iters", self.dsnot_iters, 0, strict=False, integer=True)
+        check_number("ria_a", self.ria_a, 0, strict=False)
+        check_number("blocksize", self.blocksize, 1, strict=False, integer=True)
+        check_number("batch_size", self.batch_size, 1, strict=False, integer=True)
+        check_number("percdamp", self.percdamp, 0, strict=False)
+        object.__setattr__(self, "targets", check_patterns("targets", self.targets))
+        object.__setattr__(self, "ignore", check_patterns("ignore", self.ignore))
+        if self.sparsity is not None:
+            check_number("sparsity", self.sparsity, 0, strict=False)
+            if not self.sparsity < 1.0:
+                raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.structure != "unstructured":
-            try:
-                n, m = (int(v) for v in self.structure.split(":"))
-            except ValueError:
-                raise ValueError(f"structure must be 'unstructured' or 'N:M' like '2:4', got {self.structure!r}") from None
-            if not 0 < n < m:
-                raise ValueError(f"N:M structure needs 0 < N < M, got {self.structure!r}")
-            self.sparsity = n / m
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.batch_size < 1 or self.blocksize < 1:
-            raise ValueError("batch_size and blocksize must be >= 1")
+            n, m = _parse_nm(self.structure)
+            if self.sparsity is not None and not math.isclose(self.sparsity, n / m, abs_tol=1e-9):
+                raise ValueError(f"sparsity={self.sparsity} contradicts structure="
+                                 f"{self.structure!r}, which prunes exactly {n}/{m} = {n / m:g} "
+                                 f"of the weights: leave sparsity out or set it to {n / m:g}")
+            object.__setattr__(self, "sparsity", n / m)
+        elif self.sparsity is None:
+            object.__setattr__(self, "sparsity", DEFAULT_SPARSITY)
         if self.layer_sparsity == "owl":
             if self.structure != "unstructured":
                 raise ValueError(f"layer_sparsity='owl' needs structure='unstructured' (N:M fixes "
                                  f"every layer at N/M), got structure={self.structure!r}")
             check_owl(self.sparsity, self.owl_lambda, self.owl_m)
-        self.targets, self.ignore = tuple(self.targets), tuple(self.ignore)
 
     @property
     def prune_nm(self) -> tuple[int, int]:
         if self.structure == "unstructured":
             return 0, 0
-        n, m = self.structure.split(":")
-        return int(n), int(m)
+        return _parse_nm(self.structure)
 
     @property
     def needs_data(self) -> bool:
         """Whether calibration data is needed (magnitude alone needs none)."""
         return self.method != "magnitude" or self.layer_sparsity == "owl" or self.refine != "none"
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k, default in _LATER_DEFAULTS.items():
-            if d[k] == default:
-                del d[k]
-        return d
+
+def _parse_nm(structure) -> tuple[int, int]:
+    """(N, M) of an "N:M" structure, N pruned of every M; ValueError naming the field."""
+    try:
+        n, m = (int(v) for v in structure.split(":"))
+    except (ValueError, AttributeError):
+        raise ValueError(f"structure must be 'unstructured' or 'N:M' like '2:4', "
+                         f"got {structure!r}") from None
+    if not 0 < n < m:
+        raise ValueError(f"N:M structure needs 0 < N < M, got {structure!r}")
+    return n, m
 
 
 @dataclass
-class PruneReport:
+class PruneReport(Serializable):
+    """Per-matrix rows of one prune_ call. to_dict holds the rows and the overall sparsity
+    (a JSON record); the masks are tensors and stay out of it, and out of ==."""
     config: dict
     layers: list[dict] = field(default_factory=list)     # one row per pruned matrix
-    masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)   # True = pruned
+    masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)  # True = pruned
     seconds: float = 0.0
 
     @property
@@ -133,9 +141,15 @@ class PruneReport:
         return {"config": self.config, "layers": self.layers, "sparsity": self.sparsity,
                 "seconds": self.seconds}
 
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or name.endswith("." + p) or name == p for p in patterns)
+    @classmethod
+    def from_dict(cls, d) -> PruneReport:
+        """A report from to_dict's record (its sparsity is recomputed from the rows; masks
+        are not in a record)."""
+        d = dict(d)
+        d.pop("sparsity", None)
+        if "masks" in d:
+            raise ValueError("unknown PruneReport keys: masks (masks are not part of a record)")
+        return super().from_dict(d)
 
 
 def select_linears(model: nn.Module, config: PruneConfig) -> dict[int, dict[str, str]]:
@@ -145,11 +159,8 @@ def select_linears(model: nn.Module, config: PruneConfig) -> dict[int, dict[str,
     for i, _ in enumerate(decoder_layers(model)):
         for local in spec.linears:
             full = f"{spec.layers}.{i}.{local}"
-            if config.targets and not _matches(full, config.targets):
-                continue
-            if _matches(full, config.ignore):
-                continue
-            chosen.setdefault(i, {})[full] = local
+            if is_selected(full, config.targets, config.ignore):
+                chosen.setdefault(i, {})[full] = local
     if not chosen:
         raise ValueError(f"no decoder Linear matches targets={config.targets} ignore={config.ignore}")
     return chosen
@@ -345,6 +356,8 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
     """
     start = time.perf_counter()
     config = config or PruneConfig()
+    if not isinstance(config, PruneConfig):
+        raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}")
     chosen = select_linears(model, config)
     needs_data = config.needs_data
     if needs_data:

@@ -7,9 +7,11 @@ SmoothQuant's efficiency grid (Xiao et al. 2023, arXiv 2211.10438, Table 2), as 
 plus dynamic per_tensor activations and "none" (weight-only W8A32).
 
 Every quantizer is symmetric absmax INT8: scale = absmax / 127, q = round(x * (127 / absmax))
-clipped to [-127, 127], rounding half to even, all in float32. This is exactly the arithmetic
-of `workbench.reference.quantize_per_token_ref`, so a packed INT8 runtime reproduces the
-fake-quant model bit for bit. Fake-quant keeps tensors in float32 (q * scale); the int8 values
+clipped to [-127, 127], rounding half to even, all in float32: per-token activations equal
+`workbench.reference.quantize_per_token_ref` and the compiled kernel bit for bit
+(tests/test_quant.py). A packed INT8 runtime computes the same INT8 products but sums them in
+another order, so its logits match the fake-quant model's to float rounding, not bit for bit
+(tests/test_runtime.py). Fake-quant keeps tensors in float32 (q * scale); the int8 values
 and their scales are kept beside them for packing.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,8 @@ from tqdm.auto import tqdm
 
 from workbench import recipe
 from workbench.arch import layer_linears
+from workbench.configs import Serializable, later_field
+from workbench.selection import check_patterns, plan_names, select
 
 QMAX = 127  # symmetric INT8: -128 is never used, so q and -q are both representable
 
@@ -36,12 +40,16 @@ ACTIVATION_GRANULARITIES = ("per_token", "per_tensor", "per_tensor_static", "non
 # ---------------------------------------------------------------- config
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(Serializable):
     """W8A8 fake-quant settings. weights: per_channel (one scale per output row) or per_tensor.
     activations: per_token (dynamic, one scale per row), per_tensor (dynamic, one scale per
-    call), per_tensor_static (one scale per layer from calibration, SmoothQuant O3) or none."""
+    call), per_tensor_static (one scale per layer from calibration, SmoothQuant O3) or none.
+    targets / ignore: name patterns of the decoder Linears to quantize (workbench.selection;
+    () = all), left out of to_dict while empty so earlier cache keys stay as they were."""
     weights: str = "per_channel"
     activations: str = "per_token"
+    targets: tuple[str, ...] = later_field(())
+    ignore: tuple[str, ...] = later_field(())
 
     def __post_init__(self):
         if self.weights not in WEIGHT_GRANULARITIES:
@@ -50,20 +58,12 @@ class QuantConfig:
         if self.activations not in ACTIVATION_GRANULARITIES:
             raise ValueError(f"activations must be one of {', '.join(ACTIVATION_GRANULARITIES)}; "
                              f"got {self.activations!r}")
+        object.__setattr__(self, "targets", check_patterns("targets", self.targets))
+        object.__setattr__(self, "ignore", check_patterns("ignore", self.ignore))
 
     @property
     def static(self) -> bool:
         return self.activations == "per_tensor_static"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> QuantConfig:
-        unknown = set(d) - {"weights", "activations"}
-        if unknown:
-            raise ValueError(f"unknown QuantConfig keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------- pure quantizers
@@ -155,8 +155,9 @@ class W8A8Linear(nn.Module):
         self.register_buffer("act_scale", None)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: QuantConfig = QuantConfig(),
+    def from_float(cls, linear: nn.Linear, config: QuantConfig | None = None,
                    act_scale: float | torch.Tensor | None = None) -> W8A8Linear:
+        config = config or QuantConfig()
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"expected an nn.Linear, got {type(linear).__name__}")
         if config.static and act_scale is None:
@@ -188,30 +189,12 @@ class W8A8Linear(nn.Module):
 # ---------------------------------------------------------------- the step
 
 @dataclass
-class QuantReport:
+class QuantReport(Serializable):
     quantized: list[str]
-    kept_fp32: list[str]
+    kept_fp32: list[str]                 # decoder Linears left FP32: by the plan or the config
     config: dict
     static_scales: dict[str, float] = field(default_factory=dict)   # name -> act scale (O3)
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def plan_names(plan) -> tuple[str, ...]:
-    """The layer names a plan keeps in FP32: None, a QuantPlan, or an iterable of names."""
-    if plan is None:
-        return ()
-    if hasattr(plan, "keep_fp32"):                 # a workbench.outliers.QuantPlan
-        return tuple(plan.keep_fp32)
-    if isinstance(plan, str):
-        raise TypeError("plan must be an iterable of layer names, not one str: "
-                        f"write [{plan!r}]")
-    if isinstance(plan, Iterable):
-        return tuple(plan)
-    raise TypeError(f"plan must be None, a QuantPlan or an iterable of layer names, "
-                    f"got {type(plan).__name__}")
 
 
 @torch.no_grad()
@@ -243,17 +226,57 @@ def calibrate_act_absmax(model: nn.Module, names: Iterable[str], calib: torch.Te
     return absmax
 
 
-def quantize_(model: nn.Module, config: QuantConfig = QuantConfig(), plan=None,
-              calib: torch.Tensor | None = None, batch_size: int = 8) -> QuantReport:
-    """Swap every decoder Linear not kept by plan for a W8A8Linear, in place.
-
-    plan: None, a QuantPlan (its keep_fp32 names stay FP32), or an iterable of full Linear
-    names ("model.layers.0.mlp.down_proj"). Embeddings and lm_head are never touched.
-    calib: token ids [n, L], needed for activations="per_tensor_static": each quantized layer's
-    input absmax over it, taken from the model as it is before the swap, fixes its scale.
-    """
+def _call_form(data, config, legacy, plan, batch_size, calib):
+    """(data, config, plan, batch_size) of either call form: quantize_(model, calib, config,
+    plan=..., batch_size=...), or the older quantize_(model, config, plan, calib, batch_size),
+    told apart by the QuantConfig in data's place (its plan, calib and batch_size could also
+    come by keyword)."""
+    if isinstance(data, QuantConfig):
+        if len(legacy) > 2:
+            raise TypeError("quantize_(model, config, plan, calib, batch_size) takes at most "
+                            f"5 positional arguments, got {3 + len(legacy)}")
+        data, config, old_plan = None, data, config
+        if old_plan is not None:
+            if plan is not None:
+                raise TypeError("quantize_ got plan twice: positionally and as plan=")
+            plan = old_plan
+        if legacy:
+            if calib is not None:
+                raise TypeError("quantize_ got calib twice: positionally and as calib=")
+            calib = legacy[0]
+        if len(legacy) == 2:
+            batch_size = legacy[1]
+    elif legacy:
+        raise TypeError("quantize_ takes (model, data, config) positionally; pass plan= and "
+                        "batch_size= by keyword")
+    if calib is not None:
+        if data is not None:
+            raise TypeError("quantize_ got calibration data twice: as data and as calib=")
+        data = calib
+    if data is not None and not isinstance(data, torch.Tensor):
+        raise TypeError(f"quantize_'s data must be calibration token ids (a LongTensor [n, L]) "
+                        f"or None, got {type(data).__name__}; the config comes after it")
+    config = config or QuantConfig()
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a QuantConfig, got {type(config).__name__}")
+    return data, config, plan, batch_size
+
+
+def quantize_(model: nn.Module, data: torch.Tensor | None = None,
+              config: QuantConfig | None = None, *legacy, plan=None, batch_size: int = 8,
+              calib: torch.Tensor | None = None) -> QuantReport:
+    """Swap the decoder Linears that config selects (targets / ignore) and plan does not keep
+    for W8A8Linears, in place.
+
+    data (or calib=): token ids [n, L], needed for activations="per_tensor_static": each
+    quantized layer's input absmax over it, taken from the model as it is before the swap,
+    fixes its scale; other granularities read no data. plan: None, a QuantPlan (its keep_fp32
+    names stay FP32), or an iterable of full Linear names ("model.layers.0.mlp.down_proj").
+    Embeddings and lm_head are never touched. The older call quantize_(model, config, plan,
+    calib, batch_size) still works (legacy: its calib and batch_size): a QuantConfig in
+    data's place is read that way.
+    """
+    data, config, plan, batch_size = _call_form(data, config, legacy, plan, batch_size, calib)
     start = time.perf_counter()
     linears = layer_linears(model)
     keep = plan_names(plan)
@@ -265,14 +288,18 @@ def quantize_(model: nn.Module, config: QuantConfig = QuantConfig(), plan=None,
     if already:
         raise ValueError(f"{len(already)} decoder layers are not nn.Linear (already quantized?): "
                          f"{already[:3]}")
+    selected = select(linears, config.targets, config.ignore)
+    if not selected:
+        raise ValueError(f"no decoder Linear matches targets={config.targets} "
+                         f"ignore={config.ignore}")
     keep_set = set(keep)
-    targets = [n for n in linears if n not in keep_set]
+    targets = [n for n in selected if n not in keep_set]
     static_scales: dict[str, float] = {}
     if config.static:
-        if calib is None:
+        if data is None:
             raise ValueError("activations='per_tensor_static' needs calib token ids [n, L] "
                              "to fix each layer's activation scale")
-        absmax = calibrate_act_absmax(model, targets, calib, batch_size)
+        absmax = calibrate_act_absmax(model, targets, data, batch_size)
         unseen = [n for n in targets if n not in absmax]
         if unseen:
             raise ValueError(f"calibration never reached {unseen[:3]}; cannot fix their scales")
@@ -282,9 +309,8 @@ def quantize_(model: nn.Module, config: QuantConfig = QuantConfig(), plan=None,
         parent, _, child = name.rpartition(".")
         qlinear = W8A8Linear.from_float(linears[name], config, static_scales.get(name))
         setattr(model.get_submodule(parent), child, qlinear)
-    recipe.record(model, "quantize", {**config.to_dict(), "kept_fp32": sorted(keep_set)})
-    return QuantReport(
-        quantized=targets, kept_fp32=[n for n in linears if n in keep_set],
-        config=config.to_dict(), static_scales=static_scales,
-        seconds=time.perf_counter() - start,
-    )
+    quantized = set(targets)
+    kept = [n for n in linears if n not in quantized]
+    recipe.record(model, "quantize", {**config.to_dict(), "kept_fp32": sorted(kept)})
+    return QuantReport(quantized=targets, kept_fp32=kept, config=config.to_dict(),
+                       static_scales=static_scales, seconds=time.perf_counter() - start)

@@ -18,8 +18,8 @@ act(gate) * up, so neither is smoothed here; `smooth_` lists them as not_smootha
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from workbench import recipe
 from workbench.arch import decoder_layers, get_arch
+from workbench.configs import Serializable, later_field
+from workbench.selection import check_patterns, is_selected
 
 METHODS = ("smoothquant", "lae")
 LAE_STATISTICS = ("absmax", "range")
@@ -35,16 +37,21 @@ LAE_STATISTICS = ("absmax", "range")
 # ---------------------------------------------------------------- config
 
 @dataclass(frozen=True)
-class SmoothConfig:
+class SmoothConfig(Serializable):
     """method: "smoothquant" or "lae". alpha: SmoothQuant's migration strength in [0, 1]
     (0.5 balances activations and weights; larger moves more into the weights); LAE has no
     alpha and ignores it. lae_statistic: "absmax" (m_j = max|X_j|, FPTQ's choice) or "range"
     (m_j = max X_j - min X_j); SmoothQuant always uses absmax. min_scale: floor for statistics
-    and scales, so no channel divides by zero."""
+    and scales, so no channel divides by zero. targets / ignore: name patterns of the decoder
+    Linears to smooth (workbench.selection; () = all); a norm's group of Linears is smoothed
+    whole or not at all, so a pattern that splits one is an error. Both are left out of
+    to_dict while empty."""
     method: str = "smoothquant"
     alpha: float = 0.5
     lae_statistic: str = "absmax"
     min_scale: float = 1e-5
+    targets: tuple[str, ...] = later_field(())
+    ignore: tuple[str, ...] = later_field(())
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -57,9 +64,8 @@ class SmoothConfig:
                              f"got {self.lae_statistic!r}")
         if not isinstance(self.min_scale, (int, float)) or not self.min_scale > 0:
             raise ValueError(f"min_scale must be > 0, got {self.min_scale!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+        object.__setattr__(self, "targets", check_patterns("targets", self.targets))
+        object.__setattr__(self, "ignore", check_patterns("ignore", self.ignore))
 
 
 # ---------------------------------------------------------------- pure math
@@ -119,16 +125,13 @@ def fold_scales_(norm: nn.Module, linears: Sequence[nn.Linear], s: torch.Tensor)
 # ---------------------------------------------------------------- the step
 
 @dataclass
-class SmoothReport:
+class SmoothReport(Serializable):
     method: str
     alpha: float | None                     # None for LAE, which has no alpha
     lae_statistic: str | None
-    groups: dict[str, dict[str, float]]     # norm name -> min, max, mean of s
+    groups: dict[str, dict[str, float]]     # norm name -> min, max, mean of s (smoothed ones)
     not_smoothable: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _profile_entry(layers, name: str, in_features: int):
@@ -142,31 +145,69 @@ def _profile_entry(layers, name: str, in_features: int):
     return stats
 
 
-def smooth_(model: nn.Module, profile, config: SmoothConfig = SmoothConfig()) -> SmoothReport:
-    """Fold smoothing scales into every norm -> linears group of every decoder layer, in place.
+def _activation_stats(model: nn.Module, data):
+    """{full Linear name: ChannelStats} from an activation profile, or from token ids [n, L]
+    profiled here (workbench.profiling, its defaults)."""
+    if isinstance(data, torch.Tensor):
+        from workbench.profiling import profile_activations
 
-    profile: an ActivationProfile (or any object whose .layers maps full Linear names to
-    per-input-channel stats with .absmax, .min, .max [in]) measured on this model as it is now.
+        data = profile_activations(model, data)
+    layers = getattr(data, "layers", data)
+    if not isinstance(layers, Mapping):
+        raise TypeError("smooth_'s data must be an ActivationProfile (or a mapping of Linear "
+                        f"names to channel statistics) or calibration token ids, got "
+                        f"{type(data).__name__}")
+    return layers
+
+
+def _smoothed_groups(prefix: str, spec, config: SmoothConfig):
+    """The (norm name, linear names) groups of one decoder layer that config selects; a group
+    whose Linears it selects only in part cannot be smoothed (they share one input)."""
+    out = []
+    for norm_name, group in spec.smooth_maps:
+        chosen = [is_selected(f"{prefix}.{n}", config.targets, config.ignore) for n in group]
+        if all(chosen):
+            out.append((norm_name, group))
+        elif any(chosen):
+            names = [f"{prefix}.{n}" for n in group]
+            raise ValueError(f"targets={config.targets} ignore={config.ignore} select part of "
+                             f"{names}, which share the input of {prefix}.{norm_name}: select "
+                             "all of them or none")
+    return out
+
+
+def smooth_(model: nn.Module, data, config: SmoothConfig | None = None) -> SmoothReport:
+    """Fold smoothing scales into every selected norm -> linears group of every decoder layer,
+    in place.
+
+    data: an ActivationProfile (or any object whose .layers maps full Linear names to
+    per-input-channel stats with .absmax, .min, .max [in]) measured on this model as it is now,
+    or calibration token ids [n, L] to profile it with first (profile_activations' defaults).
     A group's statistics are those of its first linear, since the group shares one input.
     Everything is validated before the first weight changes. o_proj / down_proj (any linear not
     fed by a norm) are left alone and reported as not_smoothable. The profile is stale after
     this: smoothed inputs are divided by s, so re-profile before ranking outliers.
     """
+    config = config or SmoothConfig()
     if not isinstance(config, SmoothConfig):
         raise TypeError(f"config must be a SmoothConfig, got {type(config).__name__}")
     start = time.perf_counter()
     spec = get_arch(model)
-    layers = getattr(profile, "layers", profile)
     fed = {name for _, group in spec.smooth_maps for name in group}
-    # (norm name, norm, linears, stats) for every group, checked before anything changes
-    work = []
+    # (norm name, norm, linears) of every selected group, checked before anything is profiled
+    chosen = []
     for i, layer in enumerate(decoder_layers(model)):
         prefix = f"{spec.layers}.{i}"
-        for norm_name, group in spec.smooth_maps:
-            norm = layer.get_submodule(norm_name)
-            linears = [layer.get_submodule(n) for n in group]
-            stats = _profile_entry(layers, f"{prefix}.{group[0]}", linears[0].in_features)
-            work.append((f"{prefix}.{norm_name}", norm, linears, stats))
+        for norm_name, group in _smoothed_groups(prefix, spec, config):
+            chosen.append((prefix, norm_name, layer.get_submodule(norm_name),
+                           [layer.get_submodule(n) for n in group], group[0]))
+    if not chosen:
+        raise ValueError(f"no norm -> linears group matches targets={config.targets} "
+                         f"ignore={config.ignore}")
+    layers = _activation_stats(model, data)
+    work = [(f"{prefix}.{norm_name}", norm, linears,
+             _profile_entry(layers, f"{prefix}.{first}", linears[0].in_features))
+            for prefix, norm_name, norm, linears, first in chosen]
     groups: dict[str, dict[str, float]] = {}
     for name, norm, linears, stats in tqdm(work, desc="smooth", leave=False):
         s = smoothing_scales(config, stats, [lin.weight for lin in linears])     # [in]

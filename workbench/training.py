@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -49,6 +49,7 @@ from workbench.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from workbench.configs import Serializable, check_choice, check_number
 from workbench.plateau import Plateau
 
 __all__ = ["IGNORE", "Example", "ExampleSampler", "collate", "PRECISIONS", "OUTPUTS",
@@ -60,23 +61,8 @@ OUTPUTS = ("needed", "all")
 BATCHINGS = ("length", "random")
 
 
-def check_number(name: str, value, low: float, *, strict: bool, integer: bool = False) -> None:
-    """Raise ValueError naming the field unless value is a number >= low (> low if strict)."""
-    kinds = (int,) if integer else (int, float)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and (
-        value > low if strict else value >= low)        # also False for NaN
-    if not ok:
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} "
-                         f"{'>' if strict else '>='} {low}, got {value!r}")
-
-
-def check_choice(name: str, value, choices: Sequence) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Serializable):
     """Optimizer, schedule, batching, precision, early stopping and checkpointing of a run.
     grad_clip: max global gradient norm, 0 = no clipping. warmup: steps of linear warm-up,
     then linear decay to 0 at `steps` (also the step cap when stopping early). batch_size is
@@ -131,12 +117,9 @@ class TrainConfig:
         elif self.resume or self.checkpoint_every:
             raise ValueError("resume and checkpoint_every need checkpoint_dir")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class TrainReport:
+class TrainReport(Serializable):
     config: dict
     losses: list[dict] = field(default_factory=list)   # per optimizer step: step, loss, parts, lr, grad_norm
     steps: int = 0                  # optimizer steps of the whole run, resumed ones included
@@ -155,9 +138,6 @@ class TrainReport:
         import pandas as pd
 
         return pd.DataFrame(self.losses)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------- optimizer and schedule
