@@ -49,14 +49,37 @@ def test_magnitude_sparsify_hits_the_row_sparsity(tiny):
         bench.magnitude_sparsify_(model, 1.0)
 
 
-def test_runtime_system_times_the_lean_loop(tiny):
-    from workbench import runtime
+def test_runtime_system_times_the_lean_loop(tiny, monkeypatch):
+    """The timed loop is the packed model's greedy decoding, and its tokens/s are the token
+    counts over the seconds prefill and decoding took: a stand-in clock advances 0.5 s per
+    prefill and 0.25 s per decode step, so the rates are known exactly."""
+    from types import SimpleNamespace
+
+    from workbench import runtime, timing
 
     packed = runtime.pack(tiny[0], format="sparse")
     system = bench.runtime_system(packed, new_tokens=4)
-    pre, dec = bench.tokens_per_sec(system, vocab=tiny[0].config.vocab_size, prompt_len=6,
-                                    new_tokens=4, warmup=0, repeats=1)
-    assert pre > 0 and dec > 0
+    now, fed = [0.0], []
+    prefill, greedy_step = system.prefill, system.greedy_step
+
+    def timed_prefill(ids):
+        now[0] += 0.5
+        return prefill(ids)
+
+    def timed_step(tokens):
+        now[0] += 0.25
+        fed.append(tokens.clone())
+        return greedy_step(tokens)
+
+    system.prefill, system.greedy_step = timed_prefill, timed_step
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    vocab = tiny[0].config.vocab_size
+    pre, dec = bench.tokens_per_sec(system, vocab=vocab, prompt_len=6, new_tokens=4,
+                                    warmup=0, repeats=1)
+    assert (pre, dec) == (pytest.approx(6 / 0.5), pytest.approx(4 / (4 * 0.25)))
+    # the tokens fed to the decode steps are the 4 that generate picks greedily (same prompt)
+    ids = torch.randint(0, vocab, (1, 6), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat(fed), packed.generate(ids, 4)[0, 6:])
 
 
 def test_unknown_shape_model_and_system_are_errors():

@@ -47,18 +47,28 @@ def test_perplexity_on_pydoc_is_sane(real_model):
     res = evaluate.perplexity(model, tok, data.perplexity_corpus("pydoc", "eval"), seqlen=512,
                               max_windows=8)
     assert res.n_windows == 8 and res.n_tokens == 8 * 511
-    # a 135M model on Python's reference docs: far below uniform (49152), not implausibly low
-    assert 4.0 < res.perplexity < 40.0
+    # Measured 10.907 (the README's 11.15 is over all 63 windows), to the last digit the same
+    # at 1 and 2 threads: the score is deterministic given the weights and the corpus. 0.5%
+    # covers float summation order on another CPU or BLAS build and is far below what a
+    # damaged model moves; a different corpus (pydoc topics come with the CPython build:
+    # measured on 3.11.7) shows in the fingerprint in the message
+    assert res.perplexity == pytest.approx(10.907, rel=0.005), res.to_dict()
 
 
 def test_one_step_arith_accuracy_well_above_zero(real_model):
     model, tok = real_model
     res = evaluate.task_accuracy(model, tok, data.arith_task("one_step", "test", n=48), fewshot=3)
     assert res.n == 48
-    assert res.accuracy >= 0.15, res.by_kind
-    # answers are parsed from the completions, not guessed: most completions state one
+    # Measured 16 of 48 right (0.333; 0.355 over the 200 items in results/eval) and 47 parsed,
+    # the same on every run: the 48 items are fixed and decoding is greedy, so the only noise
+    # is float rounding flipping a near-tie on another CPU. 2 items either way allows that,
+    # and is tighter than the sample's own spread (a 95% interval of about +-6 items)
+    right = round(res.accuracy * res.n)
+    assert 14 <= right <= 18, res.by_kind
+    # answers are parsed from the completions, not guessed: nearly every completion states
+    # one (measured 47 of 48; the same 2-item allowance)
     parsed = sum(r["parsed"] is not None for r in res.records)
-    assert parsed >= 40
+    assert parsed >= 45, parsed
 
 
 def test_calibration_set_default_fits_the_embedded_tokenizer(real_model):
@@ -73,8 +83,9 @@ def test_lm_eval_bridge_with_limit(real_model):
     res = evaluate.lm_eval_tasks(model, tok, ["wb_arith_one_step"], limit=16, batch_size=16)
     assert res.n_samples["wb_arith_one_step"] == 16
     score = res.metrics["wb_arith_one_step"]["exact_match,strict-match"]
-    # the harness sees the same skill as task_accuracy (about a third right on one-step)
-    assert 0.1 <= score <= 0.8, score
+    # the harness sees the same skill as task_accuracy (about a third right on one-step).
+    # Measured 6 of 16 (0.375) on every run; 2 items either way for float near-ties, as above
+    assert 4 / 16 <= score <= 8 / 16, score
 
 
 @pytest.mark.parametrize("method", ["smoothquant", "lae"])

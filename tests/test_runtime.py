@@ -328,11 +328,27 @@ def test_embedded_model_packed_w8a8_tracks_fake_quant(real_model):
         noise = 1 + 1e-7 * torch.randn(emb.shape, generator=torch.Generator().manual_seed(0))
         floor = (fake(inputs_embeds=emb * noise).logits[:, :-1].argmax(-1) == want).float().mean()
     forced = (sparse.forward_logits(probe)[:, :-1].argmax(-1) == want).float().mean()
-    same = 0
+    same, partings = 0, []
     for text in PROMPTS:
         ids = tok(text, return_tensors="pt").input_ids
         T = ids.shape[1]
-        same += int((sparse.generate(ids, 16)[:, T:] == _hf_greedy(fake, ids, 16)[:, T:]).sum())
-    numbers = dict(forced=float(forced), noise_floor=float(floor), greedy=same / 32)
+        got, want = sparse.generate(ids, 16)[0, T:], _hf_greedy(fake, ids, 16)[0, T:]   # [16]
+        same += int((got == want).sum())
+        parted = (got != want).nonzero()
+        if len(parted):          # the first token where they part: the prefixes are equal
+            j = int(parted[0])
+            with torch.no_grad():
+                logits = fake(torch.cat([ids[0], want[:j]])[None]).logits[0, -1]      # [V]
+            partings.append((int((logits > logits[got[j]]).sum()),
+                             float(logits[want[j]] - logits[got[j]])))
+    numbers = dict(forced=float(forced), noise_floor=float(floor), greedy=same / 32,
+                   partings=partings)
     assert forced >= floor - 0.05, numbers                  # measured: 0.815 vs 0.823
-    assert same / 32 >= 0.5, numbers                        # measured: 0.81
+    # measured: 0.50 (the first prompt's 16 tokens all agree, the second parts at its first)
+    assert same / 32 >= 0.5, numbers
+    # the sequences part only at a near-tie of the fake-quant model: where they part, the
+    # packed model picks the fake-quant model's runner-up, under 1 logit below its top.
+    # Measured: one parting, 0.43 below (logits' std 3.6); 1e-7 embedding noise moves that
+    # gap between 0.04 and 0.43 and single logits by up to 5, so a 1-logit allowance still
+    # fails any pick the fake-quant model clearly rejects
+    assert all(rank == 1 and gap < 1.0 for rank, gap in partings), numbers
