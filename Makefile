@@ -77,23 +77,22 @@ bench: setup
 	$(BIN)/python benchmarks/kernels.py $(BENCH_ARGS)
 	$(BIN)/python -m workbench bench decode $(BENCH_ARGS)
 
-# Notebooks 01-05 run headless (the .py files are the source; the .ipynb is generated here),
-# each printing its wall time; figures and tables go to results/ (or $WORKBENCH_RESULTS),
-# executed copies to build/notebooks/ (not committed). DISTILL_ARGS='...' overrides notebook
-# 03's recovery run (e.g. $(EXPERIMENT_DISTILL_ARGS) to plot the `make experiments` run).
+# Notebooks 01-05 run headless (the .py files are the source; workbench/notebook_run.py converts
+# and runs them with papermill), each printing its wall time; figures and tables go to results/
+# (or $WORKBENCH_RESULTS), and the executed notebooks, outputs and figures inline, to
+# results/notebooks/NN_name.ipynb, committed so a reader sees them without running anything.
+# A quick run (WORKBENCH_QUICK=1) writes them to build/notebooks/ instead. RECOVERY_SIZE=experiments
+# makes notebook 03 plot the `make experiments` run; DISTILL_ARGS='...' reads back a distill run
+# made with other flags (as `python -m workbench distill` takes them).
 NOTEBOOKS := 01_activation_ranges 02_pruning_sweep 03_sparse_finetuning 04_smoothing_int8 05_tokens_per_sec
 NB_BUILD := build/notebooks
+RECOVERY_SIZE ?=
+DISTILL_ARGS ?=
 notebooks: setup
-	mkdir -p $(NB_BUILD)
-	set -e; for nb in $(NOTEBOOKS); do \
-		start=$$(date +%s); \
-		$(BIN)/jupytext --quiet --to ipynb -o $(NB_BUILD)/$$nb.ipynb notebooks/$$nb.py; \
-		extra=(); [ -z "$(DISTILL_ARGS)" ] || [ $$nb != 03_sparse_finetuning ] || \
-			extra=(-y "DISTILL_ARGS: '$(DISTILL_ARGS)'"); \
-		$(BIN)/papermill --cwd notebooks -p QUICK $(if $(filter 1,$(WORKBENCH_QUICK)),True,False) \
-			"$${extra[@]}" $(NB_BUILD)/$$nb.ipynb $(NB_BUILD)/$$nb.out.ipynb; \
-		echo "notebook $$nb: $$(( $$(date +%s) - start )) s"; \
-	done
+	$(BIN)/python -m workbench.notebook_run $(NOTEBOOKS) --build $(NB_BUILD) \
+		$(if $(filter 1,$(WORKBENCH_QUICK)),--quick) \
+		$(if $(RECOVERY_SIZE),-p RECOVERY_SIZE '$(RECOVERY_SIZE)') \
+		$(if $(DISTILL_ARGS),-p DISTILL_ARGS '$(DISTILL_ARGS)')
 
 # The sparsity explorer (notebook 06) as a web app on localhost:8866.
 explorer: setup
@@ -159,11 +158,19 @@ $(LLAMA_BENCH): | $(STAMP)
 	cmake --build $(PEERS_DIR)/llama.cpp/build --target llama-bench -j $$(nproc) >/dev/null
 	$(LLAMA_BENCH) --help >/dev/null && echo "llama-bench: $(LLAMA_BENCH)"
 
+# JupyterLab on notebooks/. The project's jupyter/ config dir (JUPYTER_CONFIG_PATH, read ahead
+# of the others) makes jupytext's notebook view the default viewer of .py files, so a double
+# click opens a notebook as a notebook (tests/test_explorer_browser.py checks it in Chromium);
+# a viewer picked in one's own JupyterLab settings still wins.
+# LAB_ARGS: more `jupyter lab` options (--no-browser --port=8899 ...).
+LAB_CONFIG := $(CURDIR)/jupyter
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	JUPYTER_CONFIG_PATH=$(LAB_CONFIG)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} \
+		$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 lint: setup
 	$(BIN)/ruff check workbench tests setup.py
+	test ! -f ../shared/tools/check_imports.py || $(BIN)/python ../shared/tools/check_imports.py workbench
 
 clean-build:
 	rm -rf build workbench/*.so kernels_cy/*.c $(STAMP)

@@ -31,7 +31,6 @@ K = 10
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from workbench import cache, data, load_model, plots, tables
@@ -71,14 +70,7 @@ rankings[True].frame.head(K)
 
 # %%
 fig, axes = plots.figure(columns=2, height=2.8, ncols=2, sharey=True)
-for ax, first in zip(axes, (True, False), strict=False):
-    top = rankings[first].frame.head(K)
-    labels = [f"{layer}.{module.split('.')[-1]}" for layer, module in zip(top.layer, top.module, strict=False)]
-    ax.bar(range(K), top["range"], color=plots.method_color("sparsegpt"))
-    ax.set_yscale("log")
-    ax.set_xticks(range(K), labels, rotation=60, ha="right")
-    ax.set_title(f"{LABEL[first]}: largest / {K}th = {rankings[first].ratio_top_to_kth:.1f}x")
-axes[0].set_ylabel("input range (max − min)")
+plots.range_bars(axes, {LABEL[first]: rankings[first] for first in (True, False)}, k=K)
 plots.save_figure(fig, "activation_ranges_top10", config={"model": MODEL, "nsamples": NSAMPLES, "k": K});
 
 # %% [markdown]
@@ -88,19 +80,8 @@ plots.save_figure(fig, "activation_ranges_top10", config={"model": MODEL, "nsamp
 # precedes, hold the extremes — smoothing cannot reach them.
 
 # %%
-grids = {first: profiles[first].to_frame().pivot(index="module", columns="layer", values="range")
-         for first in (True, False)}
-lo, hi = (np.log10(min(g.min().min() for g in grids.values())),
-          np.log10(max(g.max().max() for g in grids.values())))   # one colour scale for both
 fig, axes = plots.figure(columns=2, height=3.0, nrows=2, sharex=True)
-for ax, first in zip(axes, (True, False), strict=False):
-    image = ax.imshow(np.log10(grids[first].to_numpy()), aspect="auto", cmap="viridis",
-                      vmin=lo, vmax=hi)
-    ax.set_yticks(range(len(grids[first].index)), grids[first].index)
-    ax.set_title(LABEL[first])
-    ax.grid(False)
-fig.colorbar(image, ax=axes, label="log10 input range")
-axes[1].set_xlabel("decoder layer")
+plots.range_heatmap(axes, {LABEL[first]: profiles[first].to_frame() for first in (True, False)})
 plots.save_figure(fig, "activation_ranges_heatmap", config={"model": MODEL, "nsamples": NSAMPLES});
 
 # %% [markdown]
@@ -109,14 +90,7 @@ plots.save_figure(fig, "activation_ranges_heatmap", config={"model": MODEL, "nsa
 
 # %%
 fig, ax = plots.figure(columns=1)
-p = profiles[True]
-ax.semilogy(p.block_output_absmax_first_token, marker="o", ms=2, label="token 0",
-            color=plots.method_color("ours"))
-ax.semilogy(p.block_output_absmax_rest, marker="o", ms=2, label="other tokens",
-            color=plots.method_color("sparsegpt"))
-ax.set_xlabel("decoder block")
-ax.set_ylabel("output absmax")
-ax.legend()
+plots.massive_activations(ax, profiles[True])
 plots.save_figure(fig, "massive_activations", config={"model": MODEL, "nsamples": NSAMPLES});
 
 # %% [markdown]
@@ -133,15 +107,8 @@ agreement = {LABEL[first]: compare_rankings(rankings[first], measured, k=K) for 
 {label: (a["overlap"], round(a["spearman"], 3)) for label, a in agreement.items()}
 
 # %%
-both = rankings[True].frame[["name", "range"]].merge(measured.frame[["name", "delta"]], on="name")
 fig, ax = plots.figure(columns=1)
-ax.scatter(both["range"], both["delta"].clip(lower=1e-5), s=4, color=plots.method_color("sparsegpt"))
-ax.set_xscale("log")
-ax.set_yscale("log")
-ax.set_xlabel("input range (heuristic)")
-ax.set_ylabel("loss increase when quantized alone")
-ax.set_title(f"Spearman {agreement[LABEL[True]]['spearman']:.2f}; "
-             f"top-{K} overlap {agreement[LABEL[True]]['overlap']}/{K}")
+plots.sensitivity_scatter(ax, rankings[True], measured, agreement[LABEL[True]])
 plots.save_figure(fig, "outlier_sensitivity", config={"model": MODEL, "measure_tokens": MEASURE_TOKENS});
 
 # %%

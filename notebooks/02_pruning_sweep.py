@@ -47,7 +47,7 @@ import dataclasses
 import matplotlib.pyplot as plt
 
 from workbench import load_model, plots, tables
-from workbench.pruning import variant_label
+from workbench.pruning import PruneConfig, prune_, variant_label
 from workbench.sweep import SweepConfig, prune_sweep
 
 plots.use_style()
@@ -56,9 +56,29 @@ grid = config.grid()
 print(f"{len(grid)} pruned points + dense; calibration {config.nsamples} x {config.seqlen} tokens")
 dataclasses.asdict(config)
 
+# %% [markdown]
+# ## The step: `prune_`
+# One block pruned by hand: SparseGPT at 50% on the seven matrices of the first decoder block,
+# with one calibration window so that the cell takes seconds. `prune_` walks the blocks in
+# order, feeding each the outputs of the pruned blocks before it; its report has a row per
+# matrix: the zeros reached (the target, exactly) and SparseGPT's relative reconstruction
+# error ||(W − Ŵ)X||² / ||WX||². The sweep below makes this call on every block with all the
+# windows, for each point of the grid, through the cache.
+
 # %%
-_, tok = load_model(MODEL)
+model, tok = load_model(MODEL)
 calib = config.calibration(tok)
+report = prune_(model, calib[:1], PruneConfig(method="sparsegpt", sparsity=0.5,
+                                               targets=("model.layers.0.*",)))
+print(f"{report.sparsity:.2%} zeros over {len(report.layers)} matrices in {report.seconds:.1f} s")
+del model
+report.to_frame()[["name", "numel", "zeros", "sparsity", "rel_error"]]
+
+# %% [markdown]
+# ## The sweep
+# Every point of the grid: pruned weights and scores each read from the cache when there.
+
+# %%
 sweep = prune_sweep(MODEL, grid, calib, config.tasks)
 sweep
 

@@ -26,28 +26,40 @@
 #    interval, pydoc perplexity, decode speed-up over dense FP32, size.
 #
 # `workbench.recovery.run_recovery` runs it with every stage cached and every training run
-# resumable. `DISTILL_ARGS` are `python -m workbench distill` arguments: this notebook builds
-# the same `RecoveryConfig`, so it reads back a CLI run made with them. The default is the
-# `make reproduce` size (`RecoveryConfig.reproduce`); `make experiments` runs `--size
-# experiments` (all four sparsities, three seeds) through the CLI, and passing those arguments
-# here plots that run. Quick mode ignores DISTILL_ARGS.
+# resumable. `RECOVERY_SIZE` picks the `RecoveryConfig`: `reproduce` (the `make reproduce`
+# size, the default), `full` (the class defaults) or `experiments` (all four sparsities, three
+# seeds: what `make experiments` runs through the CLI). `python -m workbench distill --size S`
+# builds the same config, so the notebook reads that run back from the cache. A CLI run made
+# with more flags than a size is read back by passing them as `DISTILL_ARGS` instead. Quick
+# mode uses `RecoveryConfig.quick()` and ignores both.
 
 # %% tags=["parameters"]
 import os
 
 QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
 MODEL = "smollm2-135m"
-DISTILL_ARGS = "--size reproduce"
+RECOVERY_SIZE = "reproduce"
+DISTILL_ARGS = ""
 
 # %%
 import matplotlib.pyplot as plt
 
 from workbench import load_model, plots, stats, tables
-from workbench.cli import distill_config
-from workbench.recovery import run_recovery
+from workbench.recovery import RecoveryConfig, run_recovery
 
 plots.use_style()
-config = distill_config(f"--model {MODEL} " + ("--quick" if QUICK else DISTILL_ARGS))
+SIZES = {"reproduce": RecoveryConfig.reproduce, "full": RecoveryConfig,
+         "experiments": RecoveryConfig.experiments}
+if QUICK:
+    config = RecoveryConfig.quick()
+elif DISTILL_ARGS:      # a `python -m workbench distill` run with more flags than a size
+    from workbench.cli import distill_config
+
+    config = distill_config(f"--model {MODEL} {DISTILL_ARGS}")
+elif RECOVERY_SIZE in SIZES:
+    config = SIZES[RECOVERY_SIZE]()
+else:
+    raise ValueError(f"RECOVERY_SIZE must be one of {sorted(SIZES)}, got {RECOVERY_SIZE!r}")
 print(config)
 model, tok = load_model(MODEL)
 result = run_recovery(model, tok, config)

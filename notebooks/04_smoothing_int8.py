@@ -30,13 +30,17 @@ QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
 MODEL = "smollm2-135m"
 
 # %%
+import copy
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from workbench import cache, data, load_model, plots, tables
+from workbench.evaluate import perplexity
 from workbench.outliers import cached_layer_sensitivity, rank_outlier_layers
 from workbench.profiling import cached_profile
-from workbench.quant import QuantConfig
+from workbench.quant import QuantConfig, quantize_
+from workbench.smoothing import SmoothConfig, smooth_
 from workbench.sweep import selective_w8a8_table, w8a8_table
 
 plots.use_style()
@@ -50,6 +54,35 @@ KS = [0, 3] if QUICK else [0, 1, 3, 10]
 model, tok = load_model(MODEL)
 calib = data.calibration_set(tok, "pydoc", nsamples=NSAMPLES, seqlen=512)
 corpus = data.perplexity_corpus("pydoc", "eval")
+
+# %% [markdown]
+# ## The two steps: `smooth_`, then `quantize_`
+# One model by hand, as SmoothQuant's own demo does it: FP32, naive W8A8 and SmoothQuant W8A8
+# (α = 0.5), per-tensor activations, on one perplexity window. `smooth_` divides each input
+# channel by its scale s and folds s into the preceding norm and the weights, so alone it
+# changes no output; `quantize_` then swaps every decoder Linear for a W8A8Linear. The profile
+# is notebook 01's (read from the cache). Every row of the tables below runs these two steps
+# on its own copy of the model, cached.
+
+# %%
+model_fp = cache.fingerprint_model(model)
+profile_calib = data.calibration_set(tok, "pydoc", nsamples=4 if QUICK else 16, seqlen=512)
+profile = cached_profile(model, profile_calib, model_fp=model_fp)
+naive, smoothed = copy.deepcopy(model), copy.deepcopy(model)
+quantize_(naive, calib, QuantConfig(activations="per_tensor"))
+smoothing = smooth_(smoothed, profile, SmoothConfig(method="smoothquant", alpha=0.5))
+quantization = quantize_(smoothed, calib, QuantConfig(activations="per_tensor"))
+print(f"smooth_: {len(smoothing.groups)} norm groups, scales "
+      f"{min(g['min'] for g in smoothing.groups.values()):.3g} to "
+      f"{max(g['max'] for g in smoothing.groups.values()):.3g}; "
+      f"{len(smoothing.not_smoothable)} Linears no norm feeds left alone")
+print(f"quantize_: {len(quantization.quantized)} Linears to W8A8, "
+      f"{len(quantization.kept_fp32)} kept in FP32")
+print(smoothed.get_submodule(quantization.quantized[0]))
+one_window = {label: round(perplexity(m, tok, corpus, seqlen=512, max_windows=1).perplexity, 2)
+              for label, m in (("FP32", model), ("W8A8", naive), ("SmoothQuant W8A8", smoothed))}
+del naive, smoothed
+one_window
 
 # %% [markdown]
 # ## None vs SmoothQuant (α sweep) vs LAE
@@ -70,24 +103,7 @@ wide
 
 # %%
 fig, axes = plots.figure(columns=2, ncols=2, sharey=False)
-sq = w8a8[w8a8.smoothing.str.startswith("smoothquant")].assign(
-    alpha=lambda f: f.smoothing.str.split(":").str[1].astype(float))
-for ax, act in zip(axes, ("per_token", "per_tensor"), strict=False):
-    for sparsity, color in zip(SPARSITIES, (plots.method_color("dense"), plots.method_color("sparsegpt")), strict=False):
-        at = w8a8[w8a8.sparsity == sparsity]
-        part = sq[(sq.sparsity == sparsity) & (sq.activations == act)].sort_values("alpha")
-        ax.plot(part.alpha, part.perplexity, marker="o", ms=3, color=color,
-                label=f"SmoothQuant, {sparsity:.0%} sparse")
-        for smoothing, style in (("none", ":"), ("lae", "-.")):
-            value = at[(at.smoothing == smoothing) & (at.activations == act)].perplexity.iloc[0]
-            ax.axhline(value, color=color, ls=style, lw=0.8,
-                       label=f"{'no smoothing' if smoothing == 'none' else 'LAE'}, {sparsity:.0%}")
-        ax.axhline(at[at.smoothing == "fp32"].perplexity.iloc[0], color=color, ls="--", lw=0.5,
-                   alpha=0.6, label=f"FP32, {sparsity:.0%}")
-    ax.set_title(f"activations {act.replace('_', '-')}")
-    ax.set_xlabel("SmoothQuant α")
-axes[0].set_ylabel("perplexity (pydoc)")
-axes[1].legend(fontsize=5, ncol=2)
+plots.smoothing_curves(axes, w8a8)
 plots.save_figure(fig, "w8a8_smoothing", config=config);
 
 # %% [markdown]
@@ -97,9 +113,7 @@ plots.save_figure(fig, "w8a8_smoothing", config=config);
 # notebook 01 computed them on the same windows). k = 0 is the fully quantized model.
 
 # %%
-model_fp = cache.fingerprint_model(model)
-profile_calib = data.calibration_set(tok, "pydoc", nsamples=4 if QUICK else 16, seqlen=512)
-heuristic = rank_outlier_layers(cached_profile(model, profile_calib, model_fp=model_fp), k=10)
+heuristic = rank_outlier_layers(profile, k=10)
 measured = cached_layer_sensitivity(model, profile_calib[:1, :128 if QUICK else 256],
                                     QuantConfig(activations="per_tensor"),
                                     model_fp=model_fp)
@@ -112,18 +126,7 @@ selective.pivot_table(index="k", columns="label", values="perplexity")
 
 # %%
 fig, ax = plots.figure(columns=1)
-for (label, part), color in zip(selective.groupby("label", sort=False),
-                                (plots.method_color("sparsegpt"), plots.method_color("ours")), strict=False):
-    ax.plot(part.k, part.perplexity, marker="o", ms=3, color=color, label=f"top-k by {label}")
-dense = w8a8[w8a8.sparsity == 0]
-ax.axhline(dense[dense.smoothing == "fp32"].perplexity.iloc[0], color=plots.method_color("dense"),
-           ls="--", lw=0.8, label="FP32")
-ax.axhline(dense[(dense.smoothing == "none") & (dense.activations == "per_token")].perplexity.iloc[0],
-           color=plots.method_color("dense"), ls=":", lw=0.8, label="W8A8 per-token")
-ax.set_xscale("symlog", linthresh=1)
-ax.set_xlabel("layers kept in FP32 (k)")
-ax.set_ylabel("perplexity, W8A8 per-tensor")
-ax.legend()
+plots.selective_curves(ax, selective, w8a8)
 plots.save_figure(fig, "selective_quantization", config={**config, "ks": KS});
 tables.save_table(selective[["label", "k", "perplexity"]], "selective_quantization", float_format=".2f",
                   caption="W8A8 (per-tensor) perplexity with the top-k outlier layers in FP32",

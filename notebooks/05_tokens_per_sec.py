@@ -31,8 +31,6 @@ QUICK = os.environ.get("WORKBENCH_QUICK") == "1"
 import json
 
 import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.ticker import FormatStrFormatter
 
 from workbench import plots, roofline, tables
 from workbench.export import find_result
@@ -52,28 +50,7 @@ kernels.head()
 
 # %%
 b1 = kernels[(kernels.batch == 1) & (kernels.threads == 1)]
-shapes = list(dict.fromkeys(zip(b1["out"], b1["in"], strict=False)))
-s_fine = np.linspace(0, 0.95, 96)
-fig, axes = plots.figure(columns=2, height=2.4, ncols=len(shapes), sharey=True)
-for ax, (out_f, in_f) in zip(np.atleast_1d(axes), shapes, strict=False):
-    part = b1[(b1["out"] == out_f) & (b1["in"] == in_f)].sort_values("sparsity")
-    ax.plot(s_fine, [roofline.speedup_ceiling("sparse", s) for s in s_fine], ":",
-            color=plots.method_color("ours"), lw=0.8, label="sparse ceiling 4/(0.125+d)")
-    ax.axhline(roofline.speedup_ceiling("int8"), color=plots.method_color("dense"), ls=":", lw=0.8,
-               label="INT8 ceiling 4")
-    ax.plot(part.sparsity, part.x_vs_torch_fp32, marker="o", ms=3, color=plots.method_color("ours"),
-            label="ours, sparse INT8")
-    ax.plot(part.sparsity, part.torch_fp32_ms / part.ours_dense_int8_ms, "--",
-            color=plots.method_color("dense"), label="ours, dense INT8")
-    ax.plot(part.sparsity, part.torch_fp32_ms / part.torch_int8_ms, "-",
-            color=plots.method_color("torch-int8"), label="torch dynamic INT8")
-    ax.set_title(f"{out_f}x{in_f}", fontsize=7)
-    ax.set_xlabel("sparsity")
-    ax.set_ylim(0, 12)            # the sparse ceiling runs on to 23x at 95%
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%gx"))
-np.atleast_1d(axes)[0].set_ylabel("speed-up over torch FP32")
-fig.legend(*np.atleast_1d(axes)[-1].get_legend_handles_labels(), loc="outside upper center",
-           ncol=5, fontsize=5)
+fig = plots.kernel_roofline_figure(b1)
 plots.save_figure(fig, "kernel_roofline", config={"source": "results/kernels/kernels.csv",
                                                    "batch": 1, "threads": 1, "cpu": meta["cpu"]});
 
@@ -105,33 +82,7 @@ except ValueError as err:        # a decode table without the columns this plot 
 if speed is None:
     print("no decode speed-ups to show (results/decode/*.csv): only the kernel benchmark is shown")
 else:
-    speed = speed[speed["batch"] == 1] if "batch" in speed else speed
-    threads = sorted(speed["threads"].unique()) if "threads" in speed else [None]
-    fig, axes = plots.figure(columns=2 if len(threads) > 1 else 1, ncols=len(threads), sharey=True,
-                             squeeze=False)
-    for ax, t in zip(axes[0], threads, strict=False):
-        part = speed[speed["threads"] == t] if t is not None else speed
-        ax.plot(s_fine, [roofline.speedup_ceiling("auto", s) for s in s_fine], ":",
-                color=plots.method_color("ours"), lw=0.8, label="bytes ceiling")
-        sparse = part[part.system.str.startswith("ours-sparse-")].sort_values("sparsity")
-        ax.plot(sparse.sparsity, sparse.speedup, marker="o", ms=3, color=plots.method_color("ours"),
-                label="ours, sparse INT8 (native engine)")
-        torch_loop = part[part.system.str.startswith("ours-torch-sparse-")]
-        ax.plot(torch_loop.sparsity, torch_loop.speedup, marker="x", ms=4, ls="",
-                color=plots.method_color("ours"), label="ours, sparse INT8 (torch loop)")
-        for system, style in (("ours-int8", "--"), ("hf-int8", "-"), ("ours-fp32", "-."),
-                              ("llamacpp-q8_0", "--"), ("llamacpp-q4_0", ":"),
-                              ("llamabench-q8_0", "--"), ("llamabench-q4_0", ":")):
-            row = part[part.system == system]
-            if len(row):
-                color = ("torch-int8" if system == "hf-int8" else
-                         "llama.cpp" if system.startswith("llama") else "dense")
-                ax.axhline(row.speedup.iloc[0], ls=style, lw=0.8, label=system,
-                           color=plots.method_color(color))
-        ax.set_title(f"{t} thread(s)" if t is not None else "")
-        ax.set_xlabel("sparsity")
-    axes[0][0].set_ylabel("decode tokens/s over HF FP32")
-    axes[0][-1].legend(fontsize=5)
+    fig = plots.decode_speedup_figure(speed)
     plots.save_figure(fig, "tokens_per_sec", config={"source": "results/decode", "batch": 1});
 
 # %% [markdown]
@@ -150,21 +101,7 @@ if decode is not None and "layers" in decode:
 if shapes is None or shapes.empty:
     print("no shape-model rows in results/decode (python -m workbench bench decode)")
 else:
-    fig, axes = plots.figure(columns=2, ncols=2, sharey=True)
-    for ax, (model, part) in zip(axes, shapes.groupby("model", sort=False), strict=False):
-        for t, style in ((1, "-"), (2, "--")):
-            sub = part[part.threads == t].sort_values("sparsity")
-            sparse = sub[sub.system.str.contains("-sparse-")]
-            ax.plot(sparse.sparsity, sparse.speedup, style, marker="o", ms=3,
-                    color=plots.method_color("ours"), label=f"sparse INT8, {t} thread(s)")
-            dense = sub[sub.system == "ours-int8"]
-            if len(dense):
-                ax.axhline(dense.speedup.iloc[0], ls=style, lw=0.8, color=plots.method_color("dense"),
-                           label=f"dense INT8, {t} thread(s)")
-        ax.set_title(f"{model} (random weights), FP32 {part.fp32_source.iloc[0]}")
-        ax.set_xlabel("sparsity")
-    axes[0].set_ylabel("decode speed-up over FP32")
-    axes[-1].legend(fontsize=5)
+    fig = plots.shape_speedup_figure(shapes)
     plots.save_figure(fig, "tokens_per_sec_shapes", config={"source": "results/decode", "batch": 1});
     tables.save_table(shapes.round(3), "tokens_per_sec_shapes", float_format=".3g",
                       caption="Decode ms/token of random-weight shape models against FP32",

@@ -87,6 +87,26 @@ def test_figure_widths_match_paper_columns():
         plots.figure(columns=3)
 
 
+def test_figure_keeps_interactive_mode_a_backend_turned_on(monkeypatch):
+    """IPython's inline backend turns interactive mode on when the first figure loads it;
+    leaving the style context must not turn it off, or no later figure shows inline."""
+    subplots = plt.subplots
+
+    def loading_backend(*args, **kwargs):
+        matplotlib.interactive(True)
+        return subplots(*args, **kwargs)
+
+    with matplotlib.rc_context():
+        matplotlib.interactive(False)
+        monkeypatch.setattr(plt, "subplots", loading_backend)
+        plots.figure(columns=1)
+        assert matplotlib.is_interactive()
+        monkeypatch.setattr(plt, "subplots", subplots)
+        matplotlib.interactive(False)
+        plots.figure(columns=1)
+        assert not matplotlib.is_interactive()
+
+
 # ---------------------------------------------------------------- save_figure
 
 def test_save_figure_writes_pdf_svg_png_and_provenance(tmp_path):
@@ -131,7 +151,7 @@ def test_save_figure_accepts_axes_and_honours_env(tmp_path, monkeypatch):
     paths = plots.save_figure(ax, "from-axes", provenance=PROV)
     assert paths["pdf"] == tmp_path / "env" / "figures" / "from-axes.pdf"
     monkeypatch.delenv("WORKBENCH_RESULTS")
-    assert export.results_root() == Path(plots.__file__).resolve().parent.parent / "results"
+    assert export.results_root() == Path(export.__file__).resolve().parent.parent / "results"
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "a/b", "../up", "a\\b", ".hidden", " pad", None, 3])
@@ -323,3 +343,215 @@ def test_published_numbers_sit_beside_the_matching_settings_only():
     # sparsegpt and wanda x uniform and OWL at 70% (OWL), sparsegpt and wanda at 50% (RIA)
     assert out.paper_ppl.notna().sum() == 4 + 2
     assert len(PUBLISHED_PPL) == 7
+
+
+# ---------------------------------------------------------------- the notebooks' figures
+
+def _ranking(seed: float, k: int = 4):
+    """outliers.OutlierRanking's fields on 2 layers x 3 modules."""
+    from types import SimpleNamespace
+
+    rows = [{"name": f"model.layers.{layer}.{module}", "layer": layer, "module": module,
+             "range": seed * (1 + 3 * layer + j) ** 2}
+            for layer in range(2) for j, module in enumerate(("self_attn.q_proj", "mlp.up_proj",
+                                                               "mlp.down_proj"))]
+    frame = pd.DataFrame(rows).sort_values("range", ascending=False).reset_index(drop=True)
+    return SimpleNamespace(frame=frame, k=k, ratio_top_to_kth=frame["range"][0] / frame["range"][k - 1])
+
+
+def test_range_bars_draw_the_top_k_with_their_ratio():
+    rankings = {"with first token": _ranking(10.0), "without": _ranking(1.0)}
+    fig, axes = plt.subplots(1, 2)
+    plots.range_bars(axes, rankings, k=4)
+    for ax, (title, ranking) in zip(axes, rankings.items(), strict=True):
+        top = ranking.frame.head(4)
+        assert [b.get_height() for b in ax.patches] == pytest.approx(list(top["range"]))
+        assert [t.get_text() for t in ax.get_xticklabels()] == \
+            [f"{layer}.{m.split('.')[-1]}" for layer, m in zip(top["layer"], top["module"], strict=True)]
+        assert ax.get_yscale() == "log"
+        assert ax.get_title() == f"{title}: largest / 4th = {ranking.ratio_top_to_kth:.1f}x"
+    assert axes[0].get_ylabel() == "input range (max − min)" and axes[1].get_ylabel() == ""
+    with pytest.raises(ValueError, match="2 rankings need as many axes"):
+        plots.range_bars([axes[0]], rankings, k=4)
+
+
+def test_range_heatmap_shares_one_log_colour_scale():
+    import numpy as np
+
+    frames = {"a": _ranking(10.0).frame, "b": _ranking(0.5).frame}
+    fig, axes = plt.subplots(2, 1)
+    plots.range_heatmap(axes, frames)
+    everything = np.log10(pd.concat(frames.values())["range"])
+    for ax, frame in zip(axes, frames.values(), strict=True):
+        grid = frame.pivot(index="module", columns="layer", values="range")
+        image = ax.get_images()[0]
+        assert np.allclose(image.get_array(), np.log10(grid.to_numpy()))
+        assert image.get_clim() == pytest.approx((everything.min(), everything.max()))
+        assert [t.get_text() for t in ax.get_yticklabels()] == list(grid.index)
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylabel() == "log10 input range"   # one colour bar
+    assert axes[1].get_xlabel() == "decoder layer"
+
+
+def test_massive_activations_draw_token_zero_against_the_rest():
+    from types import SimpleNamespace
+
+    profile = SimpleNamespace(block_output_absmax_first_token=[1.0, 300.0, 250.0],
+                              block_output_absmax_rest=[1.0, 2.0, 3.0])
+    fig, ax = plt.subplots()
+    plots.massive_activations(ax, profile)
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {"token 0": [1.0, 300.0, 250.0], "other tokens": [1.0, 2.0, 3.0]}
+    assert ax.get_yscale() == "log" and ax.get_legend() is not None
+
+
+def test_sensitivity_scatter_pairs_layers_by_name():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    ranking = _ranking(1.0, k=3)
+    names = list(ranking.frame["name"])[::-1]                         # another order
+    measured = SimpleNamespace(frame=pd.DataFrame({"name": names,
+                                                   "delta": [-0.1, *np.linspace(0.01, 0.05, 5)]}))
+    fig, ax = plt.subplots()
+    plots.sensitivity_scatter(ax, ranking, measured, {"spearman": 0.4321, "overlap": 2})
+    points = {tuple(p) for p in ax.collections[0].get_offsets()}
+    delta = dict(zip(measured.frame["name"], measured.frame["delta"], strict=True))
+    assert points == {(r, max(delta[n], 1e-5)) for n, r in zip(ranking.frame["name"],
+                                                                 ranking.frame["range"], strict=True)}
+    assert ax.get_title() == "Spearman 0.43; top-3 overlap 2/3"
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="share no layer"):
+        plots.sensitivity_scatter(ax, ranking, SimpleNamespace(frame=pd.DataFrame(
+            {"name": ["x"], "delta": [1.0]})), {"spearman": 0.0, "overlap": 0})
+
+
+def _w8a8():
+    rows = []
+    for sparsity in (0.0, 0.5):
+        rows.append({"sparsity": sparsity, "smoothing": "fp32", "activations": "-",
+                     "perplexity": 10 + 10 * sparsity})
+        for i, smoothing in enumerate(("none", "smoothquant:0.8", "smoothquant:0.3", "lae")):
+            for j, act in enumerate(("per_token", "per_tensor")):
+                rows.append({"sparsity": sparsity, "smoothing": smoothing, "activations": act,
+                             "perplexity": 11 + 10 * sparsity + i + 5 * j})
+    return pd.DataFrame(rows)
+
+
+def test_smoothing_curves_draw_the_alpha_sweep_beside_each_reference():
+    w8a8 = _w8a8()
+    fig, axes = plt.subplots(1, 2)
+    plots.smoothing_curves(axes, w8a8)
+    for ax, act in zip(axes, ("per_token", "per_tensor"), strict=True):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        for sparsity in (0.0, 0.5):
+            at = w8a8[w8a8.sparsity == sparsity]
+            sq = lines[f"SmoothQuant, {sparsity:.0%} sparse"]
+            assert list(sq.get_xdata()) == [0.3, 0.8]                  # sorted by alpha
+            expected = [at[(at.smoothing == f"smoothquant:{a}") & (at.activations == act)]
+                        .perplexity.iloc[0] for a in ("0.3", "0.8")]
+            assert list(sq.get_ydata()) == expected
+            for smoothing, label in (("none", "no smoothing"), ("lae", "LAE")):
+                value = at[(at.smoothing == smoothing) & (at.activations == act)].perplexity.iloc[0]
+                assert list(lines[f"{label}, {sparsity:.0%}"].get_ydata()) == [value, value]
+            assert lines[f"FP32, {sparsity:.0%}"].get_ydata()[0] == 10 + 10 * sparsity
+        assert ax.get_title() == f"activations {act.replace('_', '-')}"
+    assert axes[1].get_legend() is not None and axes[0].get_ylabel() == "perplexity (pydoc)"
+    with pytest.raises(ValueError, match="no row for lae per_tensor at sparsity 0.0"):
+        plots.smoothing_curves(axes, w8a8[~((w8a8.smoothing == "lae") & (w8a8.activations == "per_tensor"))])
+    third = w8a8[w8a8.sparsity == 0.5].assign(sparsity=0.7)
+    with pytest.raises(ValueError, match="at most 2 sparsities"):
+        plots.smoothing_curves(axes, pd.concat([w8a8, third]))
+
+
+def test_selective_curves_draw_each_order_against_k():
+    w8a8 = _w8a8()
+    selective = pd.DataFrame([{"label": label, "k": k, "perplexity": 30 - k - i}
+                              for i, label in enumerate(("range heuristic", "measured"))
+                              for k in (0, 1, 3)])
+    fig, ax = plt.subplots()
+    plots.selective_curves(ax, selective, w8a8)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["top-k by measured"].get_xdata()) == [0, 1, 3]
+    assert list(lines["top-k by measured"].get_ydata()) == [29, 28, 26]
+    assert lines["FP32"].get_ydata()[0] == 10.0
+    assert lines["W8A8 per-token"].get_ydata()[0] == 11.0           # dense, no smoothing
+    assert ax.get_xscale() == "symlog"
+    with pytest.raises(ValueError, match="at most 2 orders"):
+        plots.selective_curves(ax, pd.concat([selective, selective.assign(label="third")]), w8a8)
+
+
+def _kernels():
+    rows = []
+    for out_f, in_f in ((576, 576), (1536, 576)):
+        for s in (0.7, 0.5, 0.0):                                 # unsorted on purpose
+            rows.append({"out": out_f, "in": in_f, "sparsity": s, "torch_fp32_ms": 1.0,
+                         "x_vs_torch_fp32": 1 + 5 * s, "ours_dense_int8_ms": 0.4,
+                         "torch_int8_ms": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_kernel_roofline_figure_has_a_panel_per_shape_under_its_ceilings():
+    import numpy as np
+
+    from workbench.roofline import speedup_ceiling
+
+    fig = plots.kernel_roofline_figure(_kernels())
+    assert [ax.get_title() for ax in fig.axes] == ["576x576", "1536x576"]
+    for ax in fig.axes:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        ceiling = lines["sparse ceiling 4/(0.125+d)"]
+        assert np.allclose(ceiling.get_ydata(), [speedup_ceiling("sparse", s) for s in ceiling.get_xdata()])
+        assert list(lines["INT8 ceiling 4"].get_ydata()) == [4.0, 4.0]
+        assert list(lines["ours, sparse INT8"].get_xdata()) == [0.0, 0.5, 0.7]
+        assert list(lines["ours, sparse INT8"].get_ydata()) == [1.0, 3.5, 4.5]
+        assert list(lines["ours, dense INT8"].get_ydata()) == [2.5] * 3
+        assert list(lines["torch dynamic INT8"].get_ydata()) == [2.0] * 3
+        assert ax.get_ylim() == (0, 12)
+    assert fig.axes[0].get_ylabel() == "speed-up over torch FP32" and len(fig.legends) == 1
+    with pytest.raises(ValueError, match="torch_int8_ms"):
+        plots.kernel_roofline_figure(_kernels().drop(columns="torch_int8_ms"))
+
+
+def test_decode_speedup_figure_has_a_panel_per_thread_count_at_batch_one():
+    rows = []
+    for threads in (1, 2):
+        for batch in (1, 4):
+            for system, sparsity, speedup in (("ours-sparse-50", 0.5, 3.0), ("ours-sparse-70", 0.7, 4.0),
+                                              ("ours-torch-sparse-50", 0.5, 1.5), ("ours-int8", 0.0, 2.0),
+                                              ("hf-int8", 0.0, 1.2), ("llamabench-q8_0", 0.0, 2.5)):
+                rows.append({"threads": threads, "batch": batch, "system": system,
+                             "sparsity": sparsity, "speedup": speedup * threads * batch})
+    fig = plots.decode_speedup_figure(pd.DataFrame(rows))
+    assert [ax.get_title() for ax in fig.axes] == ["1 thread(s)", "2 thread(s)"]
+    for ax, threads in zip(fig.axes, (1, 2), strict=True):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["ours, sparse INT8 (native engine)"].get_ydata()) == [3.0 * threads, 4.0 * threads]
+        assert list(lines["ours, sparse INT8 (torch loop)"].get_ydata()) == [1.5 * threads]
+        for system, value in (("ours-int8", 2.0), ("hf-int8", 1.2), ("llamabench-q8_0", 2.5)):
+            assert lines[system].get_ydata()[0] == pytest.approx(value * threads)   # batch 4 left out
+        assert "llamacpp-q4_0" not in lines                         # absent systems: no line
+    assert fig.axes[0].get_ylabel() == "decode tokens/s over HF FP32"
+    with pytest.raises(ValueError, match="speedup"):
+        plots.decode_speedup_figure(pd.DataFrame(rows).drop(columns="speedup"))
+
+
+def test_shape_speedup_figure_has_a_panel_per_model():
+    rows = []
+    for model, source in (("llama-2-7b", "fitted"), ("tinyllama-1.1b", "timed")):
+        for threads in (1, 2):
+            for system, sparsity, speedup in (("ours-sparse-70", 0.7, 5.0), ("ours-sparse-50", 0.5, 4.0),
+                                              ("ours-int8", 0.0, 3.0)):
+                rows.append({"model": model, "threads": threads, "system": system, "sparsity": sparsity,
+                             "speedup": speedup + threads, "fp32_source": source})
+    fig = plots.shape_speedup_figure(pd.DataFrame(rows))
+    assert [ax.get_title() for ax in fig.axes] == ["llama-2-7b (random weights), FP32 fitted",
+                                                   "tinyllama-1.1b (random weights), FP32 timed"]
+    for ax in fig.axes:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["sparse INT8, 2 thread(s)"].get_xdata()) == [0.5, 0.7]
+        assert list(lines["sparse INT8, 2 thread(s)"].get_ydata()) == [6.0, 7.0]
+        assert lines["sparse INT8, 2 thread(s)"].get_linestyle() == "--"
+        assert lines["dense INT8, 1 thread(s)"].get_ydata()[0] == 4.0
+    with pytest.raises(ValueError, match="fp32_source"):
+        plots.shape_speedup_figure(pd.DataFrame(rows).drop(columns="fp32_source"))
