@@ -21,6 +21,18 @@ def tiny():
 
 
 @pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A tiny random Llama (seed 0) and its tokenizer saved as a Hugging Face checkpoint
+    directory under tmp_path: what load_model and the CLI take as --model."""
+    from workbench.models import tiny_llama
+
+    model, tok = tiny_llama(seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+@pytest.fixture
 def check_llama_gguf_metadata():
     """A check that a GGUF file's metadata {key: value} states config's hyperparameters (the
     GGUF exporter's tests in test_peers and test_formats_gguf share it)."""

@@ -5,16 +5,12 @@ import json
 import pytest
 
 from workbench import cli
-from workbench.models import tiny_llama
 
 
 @pytest.fixture
-def checkpoint(tmp_path, monkeypatch):
+def checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
-    model, tok = tiny_llama(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
+    return tiny_checkpoint
 
 
 def test_eval_writes_record_and_reuses_cache(checkpoint, tmp_path, capsys):

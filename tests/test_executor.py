@@ -17,7 +17,6 @@ import torch
 
 from workbench import cache, data, executor
 from workbench.executor import ExecutorConfig, Point, as_executor, run_points
-from workbench.models import tiny_llama
 from workbench.pruning import PruneConfig
 from workbench.sweep import prune_sweep, sweep_points, w8a8_table
 
@@ -28,11 +27,8 @@ ONE_THREAD = {"threads": 1}     # the same torch thread count everywhere: bit-id
 
 
 @pytest.fixture
-def model_dir(tmp_path):
-    model, tok = tiny_llama(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    return str(tmp_path / "tiny")
+def model_dir(tiny_checkpoint):
+    return str(tiny_checkpoint)
 
 
 @pytest.fixture

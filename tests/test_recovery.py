@@ -176,11 +176,8 @@ def test_config_rejects_bad_values():
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    model, tok = tiny_llama(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def test_distill_cli_writes_table_and_curves(checkpoint, tmp_path, capsys):

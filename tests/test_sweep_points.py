@@ -13,7 +13,7 @@ import workbench.quant
 import workbench.sweep as sweep
 from workbench import cache, data, evaluate
 from workbench.arch import layer_linears
-from workbench.models import load_model, tiny_llama, tiny_tokenizer
+from workbench.models import load_model, tiny_tokenizer
 from workbench.profiling import profile_activations
 from workbench.pruning import PruneConfig, prune_
 from workbench.quant import QuantConfig, quantize_
@@ -25,13 +25,10 @@ GRID = [PruneConfig(method="magnitude", sparsity=0.5), PruneConfig(method="wanda
 
 
 @pytest.fixture
-def model_dir(tmp_path, monkeypatch):
+def model_dir(tiny_checkpoint, tmp_path, monkeypatch):
     """A saved tiny Llama; pruned weights go under tmp_path, not the user's cache."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
-    model, tok = tiny_llama(seed=0)
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    return str(tmp_path / "tiny")
+    return str(tiny_checkpoint)
 
 
 @pytest.fixture

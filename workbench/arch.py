@@ -98,6 +98,21 @@ def get_arch(model_or_config) -> ArchSpec:
     return ARCHITECTURES[model_type]
 
 
+def smoothing_maps(model_or_config) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The norm -> linears groups whose scales smoothing may fold, or
+    UnsupportedArchitectureError where a norm does not feed those linears: OPT with
+    do_layer_norm_before=False (OPT-350m) is post-norm, its layer norms normalize a layer's
+    output, so folding scales into them would change the model."""
+    spec = get_arch(model_or_config)
+    config = getattr(model_or_config, "config", model_or_config)
+    if spec.family == "opt" and not getattr(config, "do_layer_norm_before", True):
+        raise UnsupportedArchitectureError(
+            "smoothing needs each norm to feed the linears it scales; this OPT model is "
+            "post-norm (do_layer_norm_before=False, as OPT-350m), where self_attn_layer_norm "
+            "and final_layer_norm normalize the layer's output: quantize it without smoothing")
+    return spec.smooth_maps
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks of a supported CausalLM."""
     return model.get_submodule(get_arch(model).layers)

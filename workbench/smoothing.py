@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench import recipe
-from workbench.arch import decoder_layers, get_arch
+from workbench.arch import decoder_layers, get_arch, smoothing_maps
 from workbench.configs import Serializable, later_field
 from workbench.selection import check_patterns, is_selected
 
@@ -160,11 +160,11 @@ def _activation_stats(model: nn.Module, data):
     return layers
 
 
-def _smoothed_groups(prefix: str, spec, config: SmoothConfig):
+def _smoothed_groups(prefix: str, maps, config: SmoothConfig):
     """The (norm name, linear names) groups of one decoder layer that config selects; a group
     whose Linears it selects only in part cannot be smoothed (they share one input)."""
     out = []
-    for norm_name, group in spec.smooth_maps:
+    for norm_name, group in maps:
         chosen = [is_selected(f"{prefix}.{n}", config.targets, config.ignore) for n in group]
         if all(chosen):
             out.append((norm_name, group))
@@ -193,12 +193,13 @@ def smooth_(model: nn.Module, data, config: SmoothConfig | None = None) -> Smoot
         raise TypeError(f"config must be a SmoothConfig, got {type(config).__name__}")
     start = time.perf_counter()
     spec = get_arch(model)
-    fed = {name for _, group in spec.smooth_maps for name in group}
+    maps = smoothing_maps(model)
+    fed = {name for _, group in maps for name in group}
     # (norm name, norm, linears) of every selected group, checked before anything is profiled
     chosen = []
     for i, layer in enumerate(decoder_layers(model)):
         prefix = f"{spec.layers}.{i}"
-        for norm_name, group in _smoothed_groups(prefix, spec, config):
+        for norm_name, group in _smoothed_groups(prefix, maps, config):
             chosen.append((prefix, norm_name, layer.get_submodule(norm_name),
                            [layer.get_submodule(n) for n in group], group[0]))
     if not chosen:
