@@ -23,6 +23,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from itertools import product
 
+from workbench.configs import Serializable
+
 # task name -> (description, settings of the full run, settings of the quick run); the
 # settings are the dicts sweep.evaluate_cached keys its records by
 EVAL_TASKS = {
@@ -91,19 +93,9 @@ def _tasks(tasks) -> dict:
     return tasks
 
 
-class _Sized:
-    """to_dict / from_dict of the frozen configs below; from_dict rejects unknown keys and
-    __post_init__ turns the lists of a JSON round trip back into tuples."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+class _Sized(Serializable):
+    """Serializable's to_dict / from_dict (unknown keys refused), and the field replacement
+    the __post_init__s below use to turn a JSON round trip's lists back into tuples."""
 
     def _set(self, **values) -> None:
         for name, value in values.items():
