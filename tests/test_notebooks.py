@@ -11,6 +11,7 @@ takes) is tested without running one.
 """
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,22 @@ def test_cli_refuses_a_parameter_no_notebook_takes_before_running_any(capsys):
     with pytest.raises(SystemExit):
         notebook_run.main(["05_tokens_per_sec", "-p", "QUICK", "True"])
     assert "QUICK is set by --quick" in capsys.readouterr().err
+
+
+def test_papermills_parameter_warnings_are_dropped_only_while_running(tmp_path, caplog):
+    # papermill reads only literal assignments, so every notebook's `QUICK = os.environ...`
+    # made it warn "Unable to parse line" on each run although execute checks the parameters
+    papermill = pytest.importorskip("papermill")
+    cell = nbformat.v4.new_code_cell('import os\nQUICK = os.environ.get("WORKBENCH_QUICK") == "1"',
+                                     metadata={"tags": ["parameters"]})
+    path = tmp_path / "p.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell], metadata={
+        "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}), path)
+    with caplog.at_level("WARNING", logger="papermill"):
+        papermill.inspect_notebook(str(path))
+        assert "Unable to parse line" in caplog.text
+        caplog.clear()
+        with notebook_run._quiet_parameter_inference():
+            papermill.inspect_notebook(str(path))
+            logging.getLogger("papermill").warning("Input notebook does not contain a cell")
+        assert "Unable to parse" not in caplog.text and "does not contain a cell" in caplog.text

@@ -15,7 +15,9 @@ timings and paths, nbclient's execution timestamps, the random cell ids and tqdm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -44,6 +46,30 @@ def _is_progress_bar(output) -> bool:
     ignores TQDM_DISABLE, and without its widget state a saved bar renders as nothing."""
     data = output.get("data", {})
     return WIDGET_VIEW in data and bool(TQDM_METER.search(str(data.get("text/plain", ""))))
+
+
+class _PapermillParameterNoise(logging.Filter):
+    """Drops papermill's parameter-inference warnings: it parses literal assignments only, so
+    `QUICK = os.environ.get(...)` reads to it as unparsable and QUICK as unknown, while
+    execute has already checked every parameter against the cell (declared_parameters)."""
+
+    NOISE = ("Unable to parse line", "Passed unknown parameter")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+@contextlib.contextmanager
+def _quiet_parameter_inference():
+    loggers = [logging.getLogger("papermill"), logging.getLogger("papermill.translators")]
+    noise = _PapermillParameterNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 def output_path(name: str, quick: bool, results_dir: str | Path | None = None,
@@ -128,9 +154,10 @@ def execute(name: str, output: str | Path, parameters: dict | None = None, *,
         raw = Path(raw) if raw is not None else Path(tmp) / f"{name}.out.ipynb"
         raw.parent.mkdir(parents=True, exist_ok=True)
         jupytext.write(nb, converted)
-        papermill.execute_notebook(str(converted), str(raw), parameters=parameters or {},
-                                   cwd=str(source.parent), kernel_name="python3",
-                                   progress_bar=False, log_output=log_output)
+        with _quiet_parameter_inference():
+            papermill.execute_notebook(str(converted), str(raw), parameters=parameters or {},
+                                       cwd=str(source.parent), kernel_name="python3",
+                                       progress_bar=False, log_output=log_output)
         executed = strip_run_metadata(nbformat.read(raw, as_version=4))
     write_text_atomic(output, nbformat.writes(executed) + "\n")
     return executed
