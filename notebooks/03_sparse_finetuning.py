@@ -48,18 +48,14 @@ from workbench import load_model, plots, stats, tables
 from workbench.recovery import RecoveryConfig, run_recovery
 
 plots.use_style()
-SIZES = {"reproduce": RecoveryConfig.reproduce, "full": RecoveryConfig,
-         "experiments": RecoveryConfig.experiments}
 if QUICK:
     config = RecoveryConfig.quick()
 elif DISTILL_ARGS:      # a `python -m workbench distill` run with more flags than a size
     from workbench.cli import distill_config
 
     config = distill_config(f"--model {MODEL} {DISTILL_ARGS}")
-elif RECOVERY_SIZE in SIZES:
-    config = SIZES[RECOVERY_SIZE]()
-else:
-    raise ValueError(f"RECOVERY_SIZE must be one of {sorted(SIZES)}, got {RECOVERY_SIZE!r}")
+else:                   # reproduce, full or experiments
+    config = RecoveryConfig.sized(RECOVERY_SIZE)
 print(config)
 model, tok = load_model(MODEL)
 result = run_recovery(model, tok, config)

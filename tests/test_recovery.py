@@ -212,3 +212,15 @@ def test_distill_cli_usage_errors(flags, message, capsys, monkeypatch):
     monkeypatch.setattr("workbench.models.load_model", lambda *a, **k: pytest.fail("loaded a model"))
     assert cli.main(["distill", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_named_sizes_are_the_classmethods_and_the_cli_offers_the_same():
+    from workbench import cli_distill, recovery
+
+    assert recovery.SIZES == cli_distill.RECOVERY_SIZES
+    assert RecoveryConfig.sized("quick") == RecoveryConfig.quick()
+    assert RecoveryConfig.sized("reproduce") == RecoveryConfig.reproduce()
+    assert RecoveryConfig.sized("full") == RecoveryConfig()
+    assert RecoveryConfig.sized("experiments", eval_n=3) == RecoveryConfig.experiments(eval_n=3)
+    with pytest.raises(ValueError, match="recovery size must be one of quick, reproduce"):
+        RecoveryConfig.sized("huge")

@@ -18,7 +18,7 @@ from workbench.cli_common import (
     write_frame,
 )
 
-RECOVERY_SIZES = ("quick", "reproduce", "full", "experiments")
+RECOVERY_SIZES = ("quick", "reproduce", "full", "experiments")    # recovery.SIZES, torch-free
 
 
 def recovery_config(args, quick: bool):
@@ -28,8 +28,7 @@ def recovery_config(args, quick: bool):
     from workbench.recovery import RecoveryConfig
 
     size = "quick" if quick else args.size
-    base = {"quick": RecoveryConfig.quick, "reproduce": RecoveryConfig.reproduce,
-            "full": RecoveryConfig, "experiments": RecoveryConfig.experiments}[size]()
+    base = RecoveryConfig.sized(size)
 
     def schedule(config, steps, lr):
         changes = {"steps": steps, "warmup": steps // 10} if steps is not None else {}

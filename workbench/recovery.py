@@ -66,6 +66,10 @@ def _plateau(steps: int, eval_every: int, patience: int, **kw) -> dict:
                 eval_every=eval_every, patience=patience, **kw)
 
 
+# the named sizes of RecoveryConfig.sized, smallest first (the distill CLI's --size)
+SIZES = ("quick", "reproduce", "full", "experiments")
+
+
 @dataclass(frozen=True)
 class RecoveryConfig:
     """The whole experiment. sft trains the teacher, train each recovery run (its loss weights
@@ -153,6 +157,13 @@ class RecoveryConfig:
     def experiments(cls, **overrides) -> RecoveryConfig:
         """`make experiments`: the full protocol (the defaults) over three seeds."""
         return cls(**{"seeds": (0, 1, 2), **overrides})
+
+    @classmethod
+    def sized(cls, size: str, **overrides) -> RecoveryConfig:
+        """The named size: one of SIZES (quick, reproduce, full = the defaults, experiments)."""
+        if size not in SIZES:
+            raise ValueError(f"recovery size must be one of {', '.join(SIZES)}, got {size!r}")
+        return cls(**overrides) if size == "full" else getattr(cls, size)(**overrides)
 
     def sft_config(self, seed: int) -> SFTConfig:
         return dataclasses.replace(self.sft, seed=seed)
