@@ -343,7 +343,8 @@ def test_embedded_model_packed_w8a8_tracks_fake_quant(real_model):
                              float(logits[want[j]] - logits[got[j]])))
     numbers = dict(forced=float(forced), noise_floor=float(floor), greedy=same / 32,
                    partings=partings)
-    assert forced >= floor - 0.05, numbers                  # measured: 0.815 vs 0.823
+    # measured: 0.819 vs 0.803 (Xeon with AMX, 2026-12-03); 0.815 vs 0.823 (EPYC Zen 5)
+    assert forced >= floor - 0.05, numbers
     # measured: 0.50 (the first prompt's 16 tokens all agree, the second parts at its first)
     assert same / 32 >= 0.5, numbers
     # the sequences part only at a near-tie of the fake-quant model: where they part, the
