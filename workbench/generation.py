@@ -26,10 +26,10 @@ import torch
 
 from workbench import bench
 from workbench.arch import UnsupportedArchitectureError
+from workbench.decoding import pick_token
 from workbench.kernels import SparseInt8Linear, check_threads
 from workbench.llama import check_count
 from workbench.packed_lm import is_packed
-from workbench.runtime import pick_token
 
 RUNTIMES = ("int8", "fp32", "hf")
 
