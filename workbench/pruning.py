@@ -31,9 +31,16 @@ from workbench.baselines import magnitude_prune, ria_prune, wanda_prune
 from workbench.configs import Serializable, check_choice, check_number, later_field
 from workbench.data import check_calib
 from workbench.dsnot import dsnot_refine
+from workbench.layerwise import (
+    InMemoryBlocks,
+    InputStats,
+    block_inputs,
+    collect_input_stats,
+    run_block,
+)
 from workbench.owl import check_owl, outlier_ratio, owl_sparsities
 from workbench.selection import check_patterns, is_selected
-from workbench.sparsegpt import HessianAccumulator, reconstruction_error, sparsify_weight
+from workbench.sparsegpt import reconstruction_error, sparsify_weight
 
 METHODS = ("sparsegpt", "wanda", "magnitude", "ria")
 LAYER_SPARSITIES = ("uniform", "owl")
@@ -166,136 +173,6 @@ def select_linears(model: nn.Module, config: PruneConfig) -> dict[int, dict[str,
     return chosen
 
 
-class _Captured(Exception):
-    """Raised by the capture hook to stop the forward once block 0's inputs are known."""
-
-
-def _as_fp32(value):
-    """Floating tensors (and tuples of them, e.g. RoPE's (cos, sin)) in float32: blocks are
-    computed in FP32 whatever the model's dtype."""
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.float()
-    if isinstance(value, tuple):
-        return tuple(_as_fp32(v) for v in value)
-    return value
-
-
-def _block_inputs(model: nn.Module, calib: torch.Tensor, batch_size: int):
-    """[(hidden_states, kwargs)] per calibration batch, as decoder block 0 receives them, in FP32."""
-    first = decoder_layers(model)[0]
-    batches = []
-
-    def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: _as_fp32(v) for k, v in kwargs.items()
-                  if k not in ("past_key_values", "past_key_value")}
-        batches.append((hidden.float(), kwargs))
-        raise _Captured
-
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for b in range(0, calib.shape[0], batch_size):
-            try:
-                model(input_ids=calib[b:b + batch_size], use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return batches
-
-
-def _run_block(layer: nn.Module, batches):
-    out = []
-    for hidden, kwargs in batches:
-        h = layer(hidden, **kwargs)
-        out.append((h[0] if isinstance(h, tuple) else h, kwargs))
-    return out
-
-
-class _NormAccumulator:
-    """Σ_tokens x_j² and Σ_tokens x_j per input channel: Wanda's and RIA's ||X_j||₂, DSnoT's
-    E[X_j]."""
-
-    def __init__(self, cols: int, device=None):
-        self.sq = torch.zeros(cols, dtype=torch.float32, device=device)
-        self.sum = torch.zeros(cols, dtype=torch.float64, device=device)
-        self.n = 0
-
-    def add_batch(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).float()
-        if not torch.isfinite(x).all():
-            raise ValueError("calibration activations hold NaN or Inf")
-        self.sq += (x * x).sum(0)
-        self.sum += x.sum(0, dtype=torch.float64)
-        self.n += x.shape[0]
-
-    @property
-    def norm(self) -> torch.Tensor:
-        return self.sq.sqrt()
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return (self.sum / max(self.n, 1)).float()
-
-
-class _InputStats:
-    """What the pruner and the refinement need of one input: the Hessian (SparseGPT, DSnoT's
-    exact error), the norms and means (Wanda, RIA, DSnoT)."""
-
-    def __init__(self, cols: int, device, hessian: bool):
-        self.hessian = HessianAccumulator(cols, device) if hessian else None
-        self.norms = _NormAccumulator(cols, device)
-
-    def add_batch(self, x: torch.Tensor) -> None:
-        self.norms.add_batch(x)
-        if self.hessian is not None:
-            self.hessian.add_batch(x)
-
-
-class _InMemoryBlocks:
-    """The model's own decoder blocks: each is computed in FP32 while it is pruned and written
-    back in the model's dtype (a bf16 or fp16 model never exists in FP32 as a whole)."""
-
-    def __init__(self, model: nn.Module):
-        self.layers = decoder_layers(model)
-        self.dtypes = {}
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def load(self, i: int) -> nn.Module:
-        layer = self.layers[i]
-        dtype = next(layer.parameters()).dtype
-        if dtype != torch.float32:
-            self.dtypes[i] = dtype
-            layer.float()
-        return layer
-
-    def release(self, i: int, final: bool) -> None:
-        if i in self.dtypes:
-            self.layers[i].to(self.dtypes.pop(i))
-
-
-def _collect(layer: nn.Module, names: dict[str, str], batches, shared_input, hessian: bool):
-    """{full name: _InputStats} of the block's matrices over the calibration batches; Linears fed
-    by one norm (q/k/v, gate/up) see the same input and share one accumulator."""
-    stats, handles, by_input = {}, [], {}
-    for full, local in names.items():
-        source = shared_input.get(local, local)
-        if source not in by_input:
-            lin = layer.get_submodule(local)
-            acc = _InputStats(lin.in_features, lin.weight.device, hessian)
-            by_input[source] = acc
-            handles.append(lin.register_forward_pre_hook(lambda m, a, acc=acc: acc.add_batch(a[0])))
-        stats[full] = by_input[source]
-    try:
-        outputs = _run_block(layer, batches)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats, outputs
-
-
 def _owl_targets(blocks, chosen, batches, config: PruneConfig, shared_input) -> dict[int, float]:
     """{block: sparsity} by OWL from a dense pass: block i's Wanda scores |W|·||X|| on the
     outputs of dense blocks 0..i-1 over the calibration set (workbench.owl)."""
@@ -305,7 +182,7 @@ def _owl_targets(blocks, chosen, batches, config: PruneConfig, shared_input) -> 
         layer = blocks.load(i)
         try:
             if names:
-                stats, batches = _collect(layer, names, batches, shared_input, hessian=False)
+                stats, batches = collect_input_stats(layer, names, batches, shared_input, hessian=False)
                 scores = [layer.get_submodule(local).weight.detach().abs().float()
                           * stats[full].norms.norm.reshape(1, -1) for full, local in names.items()]
                 ratios.append(outlier_ratio(scores, config.owl_m))
@@ -313,14 +190,14 @@ def _owl_targets(blocks, chosen, batches, config: PruneConfig, shared_input) -> 
                 order.append(i)
                 del scores, stats
             elif i + 1 < len(blocks):
-                batches = _run_block(layer, batches)
+                batches = run_block(layer, batches)
         finally:
             blocks.release(i, final=False)
     sparsities = owl_sparsities(ratios, config.sparsity, config.owl_lambda, numels)
     return {i: {"sparsity": s, "outlier_ratio": r} for i, s, r in zip(order, sparsities, ratios, strict=True)}
 
 
-def _prune_matrix(W: torch.Tensor, stats: _InputStats | None, sparsity: float,
+def _prune_matrix(W: torch.Tensor, stats: InputStats | None, sparsity: float,
                   config: PruneConfig):
     """(W_pruned, mask, row of the report's extra fields) for one matrix by config's method."""
     prune_n, prune_m = config.prune_nm
@@ -365,13 +242,13 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
         if calib.shape[1] < 2:
             raise ValueError(f"calib sequences need at least 2 tokens, got {tuple(calib.shape)}")
     report = PruneReport(config=config.to_dict())
-    blocks = blocks if blocks is not None else _InMemoryBlocks(model)
+    blocks = blocks if blocks is not None else InMemoryBlocks(model)
     shared_input = {local: norm for norm, group in get_arch(model).smooth_maps for local in group}
     hessian = config.method == "sparsegpt" or config.refine == "dsnot"
     was_training = model.training
     model.eval()
     try:
-        batches = _block_inputs(model, calib.to(model.device), config.batch_size) if needs_data else []
+        batches = block_inputs(model, calib.to(model.device), config.batch_size) if needs_data else []
         owl = _owl_targets(blocks, chosen, batches, config, shared_input) \
             if config.layer_sparsity == "owl" else {}
         # OWL's block targets are arbitrary fractions: each matrix is given what keeps the
@@ -384,7 +261,7 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
             try:
                 stats = {}
                 if names and needs_data:
-                    stats, _ = _collect(layer, names, batches, shared_input, hessian)
+                    stats, _ = collect_input_stats(layer, names, batches, shared_input, hessian)
                 target = owl[i]["sparsity"] if i in owl else config.sparsity
                 for full, local in names.items():
                     lin = layer.get_submodule(local)
@@ -407,7 +284,7 @@ def prune_(model: nn.Module, calib: torch.Tensor | None, config: PruneConfig | N
                     report.layers.append(row)
                 stats.clear()
                 if needs_data and i + 1 < len(blocks):
-                    batches = _run_block(layer, batches)     # calibrate block i+1 on pruned outputs
+                    batches = run_block(layer, batches)     # calibrate block i+1 on pruned outputs
             finally:
                 blocks.release(i, final=True)
     finally:
