@@ -21,6 +21,33 @@ def tiny():
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test, the same kernels in every run: bitwise comparisons
+    between two runs hold. Files take it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pruned_pair():
+    """(dense tiny teacher, its 50% magnitude-pruned copy as the student, tokenizer); tests
+    that change them copy them first."""
+    import copy
+
+    from workbench.models import tiny_llama
+    from workbench.pruning import PruneConfig, prune_
+
+    teacher, tok = tiny_llama(seed=0)
+    student = copy.deepcopy(teacher)
+    prune_(student, None, PruneConfig(method="magnitude", sparsity=0.5))
+    return teacher, student, tok
+
+
+@pytest.fixture
 def tiny_checkpoint(tmp_path):
     """A tiny random Llama (seed 0) and its tokenizer saved as a Hugging Face checkpoint
     directory under tmp_path: what load_model and the CLI take as --model."""

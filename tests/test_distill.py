@@ -16,16 +16,9 @@ from workbench.distill import DistillConfig, DistillReport, distill_, kd_loss, s
 from workbench.evaluate import build_prompt
 from workbench.finetune import SFTConfig, chat_examples, finetune_, window_examples
 from workbench.models import tiny_llama, tiny_tokenizer
-from workbench.pruning import PruneConfig, prune_
 from workbench.training import IGNORE, ExampleSampler, collate, lr_factor
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)       # same kernels in every run: bitwise comparisons hold
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +27,8 @@ def task():
 
 
 @pytest.fixture(scope="module")
-def pair():
-    """(dense teacher, 50% magnitude-pruned student, tokenizer); tests copy them."""
-    teacher, tok = tiny_llama(seed=0)
-    student = copy.deepcopy(teacher)
-    prune_(student, None, PruneConfig(method="magnitude", sparsity=0.5))
-    return teacher, student, tok
+def pair(pruned_pair):
+    return pruned_pair
 
 
 def _config(**kw):

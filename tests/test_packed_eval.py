@@ -15,13 +15,7 @@ from workbench.pruning import PruneConfig, prune_
 from workbench.quant import QuantConfig, quantize_
 from workbench.runtime import PackedModel, pack
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

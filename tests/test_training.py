@@ -21,18 +21,13 @@ from workbench.finetune import (
 )
 from workbench.models import tiny_llama
 from workbench.plateau import Plateau
-from workbench.pruning import PruneConfig, prune_
+from workbench.pruning import PruneConfig
 from workbench.training import PRECISIONS, TrainConfig, collate, train_loop
 
 REFERENCE = dict(precision="fp32", outputs="all", batching="random", fused_adamw=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +36,8 @@ def task():
 
 
 @pytest.fixture(scope="module")
-def pair():
-    teacher, tok = tiny_llama(seed=0)
-    student = copy.deepcopy(teacher)
-    prune_(student, None, PruneConfig(method="magnitude", sparsity=0.5))
-    return teacher, student, tok
+def pair(pruned_pair):
+    return pruned_pair
 
 
 def _distill(pair, task, **kw):
