@@ -51,8 +51,9 @@ $(STAMP): $(SETUP_INPUTS)
 	touch $(STAMP)
 
 # The main job: notebooks 01-05 headless on the embedded model, regenerating every figure and
-# table in results/figures and results/tables (45 minutes on a fresh cache on 2 cores; minutes
-# when cached). Every point goes through the result cache, so a re-run (or a resumed,
+# table in results/figures and results/tables. On a fresh result cache on 2 cores it took 109 min
+# (2026-12-03: 01 2 min, 02 67 min of which about 20 shared the CPU with a test run, 03 36 min,
+# 04 4 min, 05 6 s); minutes when cached. Every point goes through the result cache, so a re-run (or a resumed,
 # interrupted run) recomputes nothing it already has. WORKBENCH_QUICK=1 is the smoke-test size.
 reproduce: setup notebooks
 

@@ -143,8 +143,8 @@ class RecoveryConfig:
 
     @classmethod
     def reproduce(cls, **overrides) -> RecoveryConfig:
-        """`make reproduce`'s size, set by the 60-minute budget of the whole target on 2 cores:
-        one seed, 50 and 70%, 200 test items, SFT capped at 100 steps and each recovery run at
+        """`make reproduce`'s size, set by a 60-minute budget for the whole target on 2 cores
+        (notebook 03 took 36 of the 109 measured on 2026-12-03): one seed, 50 and 70%, 200 test items, SFT capped at 100 steps and each recovery run at
         50 (a recovery step is ~4 s, a 64-item dev check ~10-25 s), dev checks every 10 steps
         with patience 2, 16 calibration windows, packed rows for the teacher and SquareHead+CE."""
         small = dict(sparsities=(0.5, 0.7), nsamples=16, ppl_max_windows=8,
