@@ -37,11 +37,12 @@ from workbench.cli_common import (
     quick_mode,
     shown,
 )
-from workbench.cli_distill import RECOVERY_SIZES, cmd_distill, recovery_config
+from workbench.cli_distill import cmd_distill, recovery_config
 from workbench.cli_generate import RUNTIME_NAMES, cmd_chat, cmd_generate
 from workbench.run_configs import (
     EVAL_TASKS,
     OUTLIER_METRICS,
+    RECOVERY_SIZES,
     SHAPE_MODEL_NAMES,
     DecodeBenchConfig,
     EvalConfig,

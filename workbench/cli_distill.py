@@ -17,8 +17,7 @@ from workbench.cli_common import (
     stem,
     write_frame,
 )
-
-RECOVERY_SIZES = ("quick", "reproduce", "full", "experiments")    # recovery.SIZES, torch-free
+from workbench.run_configs import RECOVERY_SIZES as RECOVERY_SIZES  # recovery.SIZES, torch-free
 
 
 def recovery_config(args, quick: bool):

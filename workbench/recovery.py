@@ -43,6 +43,7 @@ from workbench.distill import DistillConfig, distill_
 from workbench.executor import ExecutorConfig, Point, as_executor, run_points, worker_model
 from workbench.finetune import SFTConfig, finetune_
 from workbench.pruning import PruneConfig
+from workbench.run_configs import RECOVERY_SIZES as SIZES
 from workbench.stats import add_intervals, seed_summary
 from workbench.sweep import base_fingerprint, evaluate_cached, pruned_model
 from workbench.training import TrainConfig, check_number, decoder_sparsity
@@ -64,10 +65,6 @@ LOSS_COLUMNS = ["seed", "stage", "method", "sparsity", "step", "loss", "squarehe
 def _plateau(steps: int, eval_every: int, patience: int, **kw) -> dict:
     return dict(lr=1e-4, steps=steps, batch_size=8, seqlen=256, warmup=max(1, steps // 30),
                 eval_every=eval_every, patience=patience, **kw)
-
-
-# the named sizes of RecoveryConfig.sized, smallest first (the distill CLI's --size)
-SIZES = ("quick", "reproduce", "full", "experiments")
 
 
 @dataclass(frozen=True)
@@ -144,8 +141,8 @@ class RecoveryConfig:
     @classmethod
     def reproduce(cls, **overrides) -> RecoveryConfig:
         """`make reproduce`'s size, set by a 60-minute budget for the whole target on 2 cores
-        (notebook 03 took 36 of the 109 measured on 2026-12-03): one seed, 50 and 70%, 200 test items, SFT capped at 100 steps and each recovery run at
-        50 (a recovery step is ~4 s, a 64-item dev check ~10-25 s), dev checks every 10 steps
+        (notebook 03 took 36 of the 109 minutes measured on 2026-12-03): one seed, 50 and 70%,
+        200 test items, SFT capped at 100 steps and each recovery run at 50 (a recovery step is ~4 s, a 64-item dev check ~10-25 s), dev checks every 10 steps
         with patience 2, 16 calibration windows, packed rows for the teacher and SquareHead+CE."""
         small = dict(sparsities=(0.5, 0.7), nsamples=16, ppl_max_windows=8,
                      sft=SFTConfig(**_plateau(100, 10, 2), precision="bf16"),

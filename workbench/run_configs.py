@@ -25,6 +25,9 @@ from itertools import product
 
 from workbench.configs import Serializable
 
+# the named sizes of recovery.RecoveryConfig.sized, smallest first (the distill CLI's --size)
+RECOVERY_SIZES = ("quick", "reproduce", "full", "experiments")
+
 # task name -> (description, settings of the full run, settings of the quick run); the
 # settings are the dicts sweep.evaluate_cached keys its records by
 EVAL_TASKS = {
